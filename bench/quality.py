@@ -1,0 +1,82 @@
+"""Quality benchmark: train configs/cifar10_tiny.yaml on ../shared/data/cifar10 for a fixed wall-clock budget on this
+machine, then score kNN (k=20) and a linear probe on the 10,000 test images, beside two baselines measured the same
+way in the same run: raw pixels, and the same encoder at random initialisation.
+
+    python bench/quality.py --minutes 30            # writes bench/results/quality.json and quality.png
+
+The budget covers training only (a short calibration run sets max_steps so the LR and EMA schedules finish inside
+it); feature extraction and probes come after and are timed separately.
+"""
+import argparse, json, math, os, platform, sys, time
+from pathlib import Path
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from hjepa_nb.config import load_config, seed_everything
+from hjepa_nb.data import build_datasets
+from hjepa_nb.hjepa import HJEPA
+from hjepa_nb.train import Trainer, read_metrics
+from hjepa_nb.evaluate import eval_datasets, evaluate_embed, pixel_features
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--minutes', type=float, default=30.)
+    ap.add_argument('--config', default='configs/cifar10_tiny.yaml')
+    ap.add_argument('--out', default='bench/results')
+    ap.add_argument('--run', default='runs/quality')
+    ap.add_argument('overrides', nargs='*')
+    a = ap.parse_args()
+    os.chdir(ROOT)
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(a.config, a.overrides + [f'train.out_dir={a.run}', 'log.progress=false'])
+    train_ds, test_ds = build_datasets(cfg)
+    # calibrate: time a few steps to size the run to the budget
+    cal = load_config(a.config, a.overrides + [f'train.out_dir={a.run}_cal', 'train.max_steps=12', 'eval.every=0',
+                                               'log.progress=false', 'log.tensorboard=false', 'log.monitor_every=0', 'log.every=1'])
+    import shutil; shutil.rmtree(cal.train.out_dir, ignore_errors=True)
+    rows = Trainer(cal, datasets=(train_ds, test_ds), quiet=True).fit()
+    img_s = sum(r['img_s'] for r in rows[4:]) / len(rows[4:])
+    step_s = cfg.data.batch_size * cfg.optim.accum_steps / img_s
+    eval_frac = 0.08 if cfg.eval.every else 0.0       # time kNN checks take during training, measured roughly
+    steps = int(a.minutes * 60 * (1 - eval_frac) / step_s)
+    every = max(1, steps // 12)
+    print(f'calibration: {img_s:.0f} img/s, {step_s*1000:.0f} ms/step -> {steps} steps in {a.minutes} min, kNN every {every}')
+    shutil.rmtree(cfg.train.out_dir, ignore_errors=True)
+    cfg = load_config(a.config, a.overrides + [f'train.out_dir={a.run}', 'log.progress=false', f'train.max_steps={steps}',
+                                               f'eval.every={every}'])
+    t0 = time.time()
+    tr = Trainer(cfg, datasets=(train_ds, test_ds), quiet=True)
+    tr.fit()
+    train_min = (time.time() - t0) / 60
+    # final scores on all 10,000 test images, all 50,000 training images as bank / probe training set
+    t1 = time.time()
+    etr, ete = eval_datasets(cfg, train_ds, test_ds)
+    model = tr.model.eval()
+    res = {'trained': evaluate_embed(model.embed, etr, ete, linear=True)}
+    seed_everything(cfg.train.seed)
+    rnd = HJEPA.from_config(cfg).eval()
+    res['random_init'] = evaluate_embed(rnd.embed, etr, ete, linear=True)
+    res['raw_pixels'] = evaluate_embed(pixel_features, etr, ete, linear=True)
+    eval_min = (time.time() - t1) / 60
+    curve = [(r['step'], r['knn_acc']) for r in read_metrics(cfg.train.out_dir) if 'knn_acc' in r]
+    summary = {k: {'knn': v['knn']['acc'], 'linear': v['linear']['acc']} for k, v in res.items()}
+    report = dict(command='python bench/quality.py ' + ' '.join(sys.argv[1:]), config=a.config, overrides=a.overrides,
+                  budget_min=a.minutes, train_min=round(train_min, 2), eval_min=round(eval_min, 2), steps=tr.step,
+                  images_seen=tr.step * cfg.data.batch_size * cfg.optim.accum_steps, img_s_calibration=round(img_s, 1),
+                  threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine(), torch=torch.__version__,
+                  summary=summary, knn_curve=curve, details=res)
+    (out / 'quality.json').write_text(json.dumps(report, indent=1))
+    print(json.dumps(dict(summary=summary, steps=tr.step, train_min=report['train_min']), indent=1))
+    try:
+        import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(*zip(*curve), 'o-', label='H-JEPA (kNN, 1k test subset)')
+        ax.axhline(summary['random_init']['knn'], ls='--', c='gray', label='random init (kNN, full test)')
+        ax.axhline(summary['raw_pixels']['knn'], ls=':', c='k', label='raw pixels (kNN, full test)')
+        ax.set_xlabel('optimizer step'); ax.set_ylabel('kNN accuracy (%)'); ax.legend(); ax.set_title(f'CIFAR-10, {a.minutes:g} min on this CPU')
+        fig.tight_layout(); fig.savefig(out / 'quality.png', dpi=100)
+    except Exception as e: print('no plot:', e)
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,109 @@
+"End-to-end tests of `hjepa-train` as a user runs it: the demo config, real CIFAR-10, kill -9 and resume, bad input."
+import json, os, signal, subprocess, sys, time, shutil
+from pathlib import Path
+import pytest, torch
+from conftest import ROOT, SHARED_CIFAR, cli
+from hjepa_nb.train import read_metrics, load_checkpoint
+
+def test_demo_config_end_to_end(tmp_path):
+    "The README's main command, as written, on the offline sample."
+    r = cli('hjepa-train', 'configs/demo.yaml', '--out', tmp_path / 'demo', '--quiet')
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = read_metrics(tmp_path / 'demo')
+    assert rows and all(torch.isfinite(torch.tensor(x['loss'])) for x in rows)
+    st = load_checkpoint(tmp_path / 'demo' / 'last.pt')
+    assert st['step'] == rows[-1]['step'] and st['step'] > 10
+    # it learns: the last logged loss is below the first
+    assert rows[-1]['loss'] < rows[0]['loss'], (rows[0]['loss'], rows[-1]['loss'])
+
+@pytest.mark.skipif(not SHARED_CIFAR.exists(), reason='needs ../shared/data/cifar10 beside the checkout')
+def test_cifar10_folder_few_steps(tmp_path):
+    r = cli('hjepa-train', 'configs/cifar10_tiny.yaml', 'train.max_steps=3', 'data.batch_size=16', 'log.every=1',
+            'model.depth=2', 'eval.every=0', '--out', tmp_path / 'c', '--quiet')
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = read_metrics(tmp_path / 'c')
+    assert [x['step'] for x in rows] == [1, 2, 3]
+    assert rows[0]['global_batch'] == 16
+
+def _wait_for(pred, timeout, what):
+    t = time.time()
+    while time.time() - t < timeout:
+        if pred(): return
+        time.sleep(0.2)
+    raise AssertionError(f'timed out waiting for {what}')
+
+def test_kill9_and_resume_continues_the_same_trajectory(tmp_path, tiny):
+    ov = tiny + ['train.max_steps=30', 'train.ckpt_every=5', 'log.every=1']
+    ref = cli('hjepa-train', 'configs/demo.yaml', *ov, '--out', tmp_path / 'ref', '--quiet')
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    run = tmp_path / 'run'
+    p = subprocess.Popen([shutil.which('hjepa-train'), 'configs/demo.yaml', *ov, '--out', str(run), '--quiet'], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def past_first_ckpt():
+        try: return (run / 'last.pt').exists() and len(read_metrics(run)) >= 12
+        except Exception: return False
+    _wait_for(past_first_ckpt, 120, 'a checkpoint and 12 logged steps')
+    p.send_signal(signal.SIGKILL); p.wait()
+    killed_at = load_checkpoint(run / 'last.pt')['step']
+    assert 5 <= killed_at < 30
+    r = cli('hjepa-train', 'configs/demo.yaml', *ov, '--out', run, '--resume', '--quiet')
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = read_metrics(tmp_path / 'ref'), read_metrics(run)
+    assert [x['step'] for x in b] == list(range(1, 31))          # no duplicated or missing steps
+    for x, y in zip(a[killed_at:], b[killed_at:]):
+        assert abs(x['loss'] - y['loss']) <= 1e-5 * max(1, abs(x['loss'])), (x['step'], x['loss'], y['loss'])
+
+def test_sigterm_writes_last_checkpoint(tmp_path, tiny):
+    run = tmp_path / 'run'
+    p = subprocess.Popen([shutil.which('hjepa-train'), 'configs/demo.yaml', *tiny, 'train.max_steps=100000', 'train.ckpt_every=100000',
+                          'log.every=1', '--out', str(run), '--quiet'], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (run / 'metrics.jsonl').exists() and len(read_metrics(run)) >= 3, 120, '3 logged steps')
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    st = load_checkpoint(run / 'last.pt')
+    assert st['step'] >= 3 and 'last.pt written' in err
+
+# --- bad input: one clear line naming the culprit, exit code 2, nothing saved is lost ----------------
+
+def _one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert lines and lines[-1].startswith('hjepa-train: error:'), r.stderr[-2000:]
+    assert 'Traceback' not in r.stderr, r.stderr[-2000:]
+    for n in needles: assert n in lines[-1], (n, lines[-1])
+
+def test_bad_config_key(tmp_path):
+    _one_line_error(cli('hjepa-train', 'configs/demo.yaml', 'optim.learning_rate=1', '--out', tmp_path),
+                    "optim.learning_rate", "configs/demo.yaml", "did you mean 'optim.lr'")
+
+def test_bad_config_value_and_file(tmp_path):
+    bad = tmp_path / 'bad.yaml'; bad.write_text('model:\n  img_size: 30\n')
+    _one_line_error(cli('hjepa-train', bad, '--out', tmp_path / 'o'), 'model.img_size', 'bad.yaml')
+    _one_line_error(cli('hjepa-train', tmp_path / 'missing.yaml'), 'config file not found', 'missing.yaml')
+    bad.write_text('optim: [1, 2\n')
+    _one_line_error(cli('hjepa-train', bad, '--out', tmp_path / 'o'), 'bad.yaml', 'not valid YAML')
+
+def test_missing_data(tmp_path):
+    _one_line_error(cli('hjepa-train', 'configs/cifar10_tiny.yaml', f'data.root={tmp_path}/nowhere', '--out', tmp_path / 'o'),
+                    'data.root', 'nowhere')
+
+def test_unwritable_output_folder(tmp_path, tiny):
+    f = tmp_path / 'a_file'; f.write_text('x')
+    _one_line_error(cli('hjepa-train', 'configs/demo.yaml', *tiny, '--out', f / 'run'), 'not writable', 'a_file')
+
+def test_failed_start_never_overwrites_a_checkpoint(tmp_path, tiny):
+    run = tmp_path / 'run'
+    r = cli('hjepa-train', 'configs/demo.yaml', *tiny, 'train.max_steps=2', '--out', run, '--quiet')
+    assert r.returncode == 0, r.stderr[-2000:]
+    before = (run / 'last.pt').read_bytes()
+    _one_line_error(cli('hjepa-train', 'configs/demo.yaml', *tiny, '--out', run), 'already holds a run', '--resume')
+    _one_line_error(cli('hjepa-train', 'configs/demo.yaml', *tiny, 'model.pred_depth=3', '--out', run, '--resume'),
+                    'different model')
+    assert (run / 'last.pt').read_bytes() == before
+
+def test_corrupt_checkpoint(tmp_path, tiny):
+    run = tmp_path / 'run'; run.mkdir()
+    (run / 'last.pt').write_bytes(b'\x00garbage')
+    _one_line_error(cli('hjepa-train', 'configs/demo.yaml', *tiny, '--out', run, '--resume'), 'last.pt', 'corrupt')
+    assert (run / 'last.pt').read_bytes() == b'\x00garbage'
