@@ -119,13 +119,15 @@ def worker(args):
                 r = f(); r = r.to_dense() if r.is_mkldnn else r
                 relerr[k] = float((r.double() - ref).norm() / ref.norm())
         for f in fns.values(): f()  # warm-up (oneDNN primitive creation, MKL init)
-        ts = {k: [] for k in fns}
+        ts, tc = {k: [] for k in fns}, {k: [] for k in fns}
         for _ in range(args.reps):
             for k, f in fns.items():
-                t0 = time.perf_counter(); f(); ts[k].append(time.perf_counter() - t0)
+                t0, c0 = time.perf_counter(), time.process_time(); f()
+                ts[k].append(time.perf_counter() - t0); tc[k].append(time.process_time() - c0)
         flop = 2 * M * K * N
         res[sname] = {k: flop / statistics.median(v) / 1e9 for k, v in ts.items()}
         res[sname + '@best'] = {k: flop / min(v) / 1e9 for k, v in ts.items()}
+        res[sname + '@cpu'] = {k: flop * args.threads / statistics.median(v) / 1e9 for k, v in tc.items()}
     print('RESULT ' + json.dumps(dict(gflops=res, relerr_vs_fp64=relerr, threads=torch.get_num_threads())))
 
 
@@ -161,6 +163,8 @@ def extras(args):
 # ---------------------------------------------------------------------------------------------
 def run_worker(mode: str, threads: int, shim: str | None, args) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env.pop('LD_PRELOAD', None)
+    if args.omp_wait_policy != 'inherit': env['OMP_WAIT_POLICY'] = args.omp_wait_policy
     if shim: env['LD_PRELOAD'] = shim
     if mode == 'extras': env['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp(prefix='inductor_')
     cmd = [sys.executable, __file__, '--' + mode, '--threads', str(threads), '--reps', str(args.reps)]
@@ -186,8 +190,12 @@ def summarize(rounds: list[dict], shapes) -> dict:
                 thr = v.split('_t')[-1]
                 base = [r[f'default_t{thr}']['gflops'][s]['default'] for r in rounds if 'gflops' in r[v]]
                 ratios = [x / y for x, y in zip(vals, base)]
+                cpu = [r[v]['gflops'][s + '@cpu'][c] for r in rounds if 'gflops' in r[v]]
+                cbase = [r[f'default_t{thr}']['gflops'][s + '@cpu']['default'] for r in rounds if 'gflops' in r[v]]
                 table[v][s][c] = dict(gflops_median=statistics.median(vals), gflops_best=max(best),
-                                      ratio_to_default_same_threads=statistics.median(ratios), per_round=vals)
+                                      ratio_to_default_same_threads=statistics.median(ratios), per_round=vals,
+                                      gflops_cpu_time=statistics.median(cpu),
+                                      ratio_cpu_time=statistics.median(x / y for x, y in zip(cpu, cbase)))
     return table
 
 
@@ -195,15 +203,17 @@ def markdown(out: dict) -> str:
     t, shapes = out['table'], out['shapes']
     L = ['# fp32 matmul on this CPU: default path vs alternatives', '',
          f"Command: `{out['command']}`  ", f"Date: {out['date']}; torch {out['torch']}; {out['cpu']}; "
-         f"{out['rounds']} rounds x {out['reps']} reps; load average at start {out['loadavg_start']}, end {out['loadavg_end']}.", '',
-         'GFLOP/s are medians (the machine is shared: absolute values are low and vary); **x** = median over rounds of '
-         '(candidate / default path, same threads, same round).', '']
+         f"{out['rounds']} rounds x {out['reps']} reps; OMP_WAIT_POLICY {out['omp_wait_policy']}; load average at start {out['loadavg_start']}, end {out['loadavg_end']}.", '',
+         'Each cell: wall-clock GFLOP/s (median) and, in brackets, the ratio to the default path (same threads, same round; '
+         'median over rounds) / the same ratio from process CPU time (threads x FLOP / CPU-seconds: insensitive to time '
+         'the process spent preempted by other users). The machine is shared: absolute values are low and vary.', '']
     for s in shapes:
         M, K, N = SHAPES[s]
         L += [f'## {s}: [{M}x{K}] @ [{K}x{N}]', '', '| process | ' + ' | '.join(CANDIDATES) + ' |',
               '|---|' + '---|' * len(CANDIDATES)]
         for v in t:
-            cells = [f"{t[v][s][c]['gflops_median']:.0f} ({t[v][s][c]['ratio_to_default_same_threads']:.2f}x)" for c in CANDIDATES]
+            cells = [f"{t[v][s][c]['gflops_median']:.0f} ({t[v][s][c]['ratio_to_default_same_threads']:.2f}x / "
+                     f"{t[v][s][c]['ratio_cpu_time']:.2f}x)" for c in CANDIDATES]
             L.append(f'| {v} | ' + ' | '.join(cells) + ' |')
         L.append('')
     L += ['## Relative error vs fp64 (first shape)', '', '| process | ' + ' | '.join(CANDIDATES) + ' |', '|---|' + '---|' * len(CANDIDATES)]
@@ -233,6 +243,7 @@ def main():
     ap.add_argument('--quick', action='store_true', help='two shapes only')
     ap.add_argument('--no-extras', action='store_true', help='skip the inductor C++ template measurement')
     ap.add_argument('--out', default=str(RESULTS / 'matmul.json'))
+    ap.add_argument('--omp-wait-policy', default='PASSIVE', help="OMP_WAIT_POLICY of the workers ('inherit': leave as is)")
     ap.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     ap.add_argument('--extras', action='store_true', help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -257,7 +268,7 @@ def main():
     ex = {} if args.no_extras else run_worker('extras', 2, None, args)
     out = dict(command='python bench/matmul.py ' + ' '.join(sys.argv[1:]), date=time.strftime('%Y-%m-%d %H:%M'),
                torch=torch.__version__, cpu=f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs",
-               rounds=args.rounds, reps=args.reps, loadavg_start=[round(x, 2) for x in la0],
+               rounds=args.rounds, reps=args.reps, omp_wait_policy=args.omp_wait_policy, loadavg_start=[round(x, 2) for x in la0],
                loadavg_end=[round(x, 2) for x in os.getloadavg()], shapes=shapes, shim=shim, linkage=linkage,
                table=summarize(rounds, shapes), relerr={k: v.get('relerr_vs_fp64', {}) for k, v in rounds[0].items()},
                extras=ex, errors=errors, wall_s=round(time.time() - t_start, 1))

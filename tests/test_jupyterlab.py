@@ -16,11 +16,11 @@ CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networki
                  '--disable-sync', '--disable-dev-shm-usage']
 
 # JupyterLab user settings for the test server (a temporary settings dir, so nothing of the person's own applies):
-# never autosave (the notebooks in nbs/ are the source and must stay as committed), render every cell (no windowing,
-# so off-screen cells can be inspected), and no news / update checks.
+# never autosave (the notebooks in nbs/ are the source and must stay as committed), start the notebook's kernel without
+# asking, render every cell (no windowing, so off-screen cells can be inspected), and no news / update checks.
 LAB_SETTINGS = {
     '@jupyterlab/docmanager-extension/plugin.jupyterlab-settings': {'autosave': False},
-    '@jupyterlab/notebook-extension/tracker.jupyterlab-settings': {'windowingMode': 'none'},
+    '@jupyterlab/notebook-extension/tracker.jupyterlab-settings': {'windowingMode': 'none', 'autoStartDefaultKernel': True},
     '@jupyterlab/apputils-extension/notification.jupyterlab-settings': {'fetchNews': 'false', 'checkForUpdates': False},
 }
 
@@ -30,10 +30,12 @@ def _free_port() -> int:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
-def _snapshot(folder: Path) -> dict:
-    "Path -> sha1 of every file under `folder` except runs/ (training output of the live notebook, gitignored)."
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob('*')) if p.is_file() and 'runs' not in p.relative_to(folder).parts}
+def _sha1(p: Path) -> str: return hashlib.sha1(p.read_bytes()).hexdigest()
+
+def _strays(folder: Path) -> set:
+    "Files a Jupyter session can leave beside the notebooks: checkpoints, LSP shadow copies, temporary saves."
+    return {str(p.relative_to(folder)) for pat in ('.ipynb_checkpoints', '.virtual_documents', '.~*', '*.ipynb.tmp*')
+            for p in folder.rglob(pat)}
 
 
 @pytest.fixture(scope='module')
@@ -49,11 +51,12 @@ def lab(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ('MPLBACKEND', 'HJEPA_DATA')}  # as in a person's session
     env.update(JUPYTER_RUNTIME_DIR=str(base / 'runtime'), JUPYTER_DATA_DIR=str(base / 'data'),
                JUPYTER_CONFIG_DIR=str(base / 'config'), JUPYTER_PLATFORM_DIRS='1', PYTHONUNBUFFERED='1')
-    before = _snapshot(NBS)
+    strays = _strays(NBS)
     log = open(base / 'server.log', 'w')
     cmd = [sys.executable, '-m', 'jupyterlab', '--no-browser', '--ip=127.0.0.1', f'--port={port}',
            '--ServerApp.port_retries=0', f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={NBS}',
            f'--LabApp.user_settings_dir={settings}', f'--LabApp.workspaces_dir={base / "workspaces"}',
+           f'--FileCheckpoints.checkpoint_dir={base / "checkpoints"}',   # not beside the notebooks
            '--ServerApp.open_browser=False'] + (['--allow-root'] if hasattr(os, 'geteuid') and os.geteuid() == 0 else [])
     proc = subprocess.Popen(cmd, cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f'http://127.0.0.1:{port}'
@@ -77,10 +80,8 @@ def lab(tmp_path_factory):
         except subprocess.TimeoutExpired: proc.kill(); proc.wait()
         log.close()
         shutil.copy(base / 'server.log', _out() / 'jupyterlab_server.log')
-    # the notebooks were run, not saved: nothing in nbs/ changed or appeared (checkpoints, autosaves, outputs)
-    after = _snapshot(NBS)
-    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-    assert not changed, f'the JupyterLab session changed files in nbs/: {changed}'
+    new = sorted(_strays(NBS) - strays)
+    assert not new, f'the JupyterLab session left files in nbs/: {new}'
 
 
 def _out() -> Path:
@@ -115,20 +116,31 @@ def page(browser, request):
     ctx.close()
 
 
-def open_notebook(page, lab, name: str):
-    "Open `name` (in nbs/) in JupyterLab and wait until its kernel is idle."
+def open_notebook(page, lab, name: str) -> str:
+    "Open `name` (in nbs/) in JupyterLab and wait until its kernel is idle; returns the file's hash (see `assert_unsaved`)."
+    sha = _sha1(NBS / name)
     page.goto(f"{lab['url']}/lab/tree/{name}?token={lab['token']}", timeout=90_000)
     page.wait_for_selector('.jp-NotebookPanel .jp-Notebook .jp-Cell', timeout=90_000)
-    wait_kernel_idle(page, 120)
+    t0 = time.time()
+    while kernel_status(page) != 'idle':
+        dlg = page.locator('.jp-Dialog .jp-mod-accept')   # 'Select Kernel' (older settings): accept the preferred kernel
+        if dlg.count(): dlg.first.click()
+        assert time.time() - t0 < 120, f'the kernel of {name} did not start within 120 s (status {kernel_status(page)})'
+        time.sleep(0.3)
+    return sha
 
-def kernel_status(page) -> str | None:
-    "The toolbar's execution indicator: 'idle', 'busy', 'starting', ... (None before the kernel is connected)."
+def assert_unsaved(name: str, sha: str):
+    "The notebook in nbs/ is as it was before the browser ran it (JupyterLab neither saved nor autosaved it)."
+    assert _sha1(NBS / name) == sha, f'nbs/{name} changed on disk while the browser ran it (autosave?)'
+
+def kernel_status(page) -> str:
+    "The kernel's state as the status bar shows it ('Python 3 (ipykernel) | Idle'): 'idle', 'busy', ..., or 'no kernel'."
     return page.evaluate("""() => {
-        const el = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator');
-        return el ? el.getAttribute('data-status') : null; }""")
-
-def wait_kernel_idle(page, timeout: float):
-    page.wait_for_selector('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=timeout * 1000)
+        const t = [...document.querySelectorAll('.jp-StatusBar-TextItem')].map(e => e.textContent.trim())
+                  .find(s => / \\| [A-Za-z ]+$/.test(s));
+        if (!t) return 'unknown';
+        if (t.startsWith('No Kernel')) return 'no kernel';
+        return t.split('|').pop().trim().toLowerCase(); }""")
 
 def cell_prompts(page) -> list[str]:
     "The input prompt of every code cell: '[3]:' once run, '[*]:' while queued or running, '[ ]:' never run."
@@ -166,7 +178,7 @@ def assert_ran_cleanly(page, prompts):
 def test_masks_notebook_run_all_and_slider(page, lab):
     "02_masks: Run All without errors, then move the explorer's 'targets' slider with the keyboard: picture and stats change."
     t0 = time.time()
-    open_notebook(page, lab, '02_masks.ipynb')
+    sha = open_notebook(page, lab, '02_masks.ipynb')
     run_all(page)
     prompts = wait_all_run(page, 150)
     assert_ran_cleanly(page, prompts)
@@ -187,17 +199,97 @@ def test_masks_notebook_run_all_and_slider(page, lab):
     n0 = int(readout.inner_text())
     handle.click()                                  # focus the handle as a person would
     for _ in range(2): handle.press('ArrowRight')   # 4 -> 6 targets
-    page.wait_for_function(
-        "([t0]) => { const e = [...document.querySelectorAll('.hjepa-mask-stats')].pop(); return e && e.innerText !== t0; }",
-        arg=[text0], timeout=30_000)
     n1 = int(readout.inner_text())
-    assert n1 > n0, (n0, n1)
+    assert n1 == n0 + 2, f'two presses of ArrowRight on the targets slider: {n0} -> {n1}'
+    # each key press is a change: the kernel redraws once per press; wait for the one of the last press
+    page.wait_for_function(
+        "([n]) => { const e = [...document.querySelectorAll('.hjepa-mask-stats')].pop(); return e && e.innerText.includes(n); }",
+        arg=[f'{n1} targets of'], timeout=30_000)
     text1 = stats.inner_text()
-    assert f'{n1} targets of' in text1, text1
+    assert text1 != text0 and 'cannot sample' not in text1, text1
     page.wait_for_function("() => { const i = [...document.querySelectorAll('img.hjepa-mask-figure')].pop();"
                            " return i && i.complete && i.naturalWidth > 0; }", timeout=30_000)
     time.sleep(0.5)
     png1 = fig.screenshot(path=str(_out() / 'masks_explorer_after.png'))
     assert png0 != png1, 'the mask figure looks the same after moving the slider'
     assert not error_outputs(page)
+    assert_unsaved('02_masks.ipynb', sha)
     print(f'02_masks: opened and ran all in {ran:.1f} s, slider {n0} -> {n1}')
+
+
+def _live_status(page) -> str:
+    return page.evaluate("() => { const e = document.querySelector('.hjepa-live-status'); return e ? e.innerText : ''; }")
+
+def _redraws(status: str) -> int:
+    import re
+    m = re.search(r'\((\d+) redraws?\)', status)
+    return int(m.group(1)) if m else -1
+
+def test_live_dashboard_notebook(page, lab):
+    "11_live: Run All; the dashboard's loss panel appears and changes while the model trains; the run ends without error."
+    name = '11_live.ipynb'
+    assert (NBS / name).exists(), f'nbs/{name} (the notebook that trains with the live dashboard) is missing'
+    t0 = time.time()
+    sha = open_notebook(page, lab, name)
+    run_all(page)
+    fig = page.locator('.hjepa-live-figure').first
+    fig.wait_for(state='visible', timeout=150_000)             # the training cell has started
+    img_ready = ("() => { const i = document.querySelector('img.hjepa-live-figure');"
+                 " return i && i.complete && i.naturalWidth > 0; }")
+    # first picture: training is under way (a loss has been logged) and has not finished
+    page.wait_for_function("() => { const e = document.querySelector('.hjepa-live-status');"
+                           " return e && /loss [0-9]/.test(e.innerText) && /redraw/.test(e.innerText); }", timeout=120_000)
+    page.wait_for_function(img_ready, timeout=30_000)
+    fig.scroll_into_view_if_needed()
+    s0 = _live_status(page)
+    png0 = fig.screenshot(path=str(_out() / 'live_dashboard_1.png'))
+    assert 'done' not in s0.split('·'), f'training already over at the first look; status: {s0}'
+    # second picture: after at least one more redraw, still during training
+    n0 = _redraws(s0)
+    page.wait_for_function("([n]) => { const e = document.querySelector('.hjepa-live-status'); if (!e) return false;"
+                           " const m = e.innerText.match(/\\((\\d+) redraws?\\)/); return m && +m[1] > n; }",
+                           arg=[n0], timeout=120_000)
+    page.wait_for_function(img_ready, timeout=30_000)
+    time.sleep(0.3)
+    s1 = _live_status(page)
+    png1 = fig.screenshot(path=str(_out() / 'live_dashboard_2.png'))
+    assert png0 != png1, f'the dashboard did not change during training ({s0!r} -> {s1!r})'
+    during = 'done' not in [p.strip() for p in s1.split('·')]
+    # the run ends, and so does every cell after it, without an error
+    prompts = wait_all_run(page, 300)
+    page.screenshot(path=str(_out() / 'live_notebook_end.png'))
+    assert_ran_cleanly(page, prompts)
+    s2 = _live_status(page)
+    assert 'done' in [p.strip() for p in s2.split('·')], f'the dashboard does not say the run is done: {s2!r}'
+    fig.screenshot(path=str(_out() / 'live_dashboard_final.png'))
+    assert during, f'the second picture was taken after training ended ({s1!r}): the dashboard did not update while it ran'
+    assert_unsaved(name, sha)
+    print(f'11_live: {time.time() - t0:.1f} s; during training {s0!r} -> {s1!r}; end {s2!r}')
+
+
+def test_masks_notebook_without_shared_data(tmp_path):
+    "A checkout with no ../shared/data beside it: 02_masks still runs top to bottom, on the synthetic sample, and says so once."
+    proj = tmp_path / 'clone'                      # nbs/ and configs/ as in a clone, nothing else above: no shared/data
+    (proj / 'nbs').mkdir(parents=True)
+    shutil.copy(NBS / '02_masks.ipynb', proj / 'nbs')
+    shutil.copytree(ROOT / 'configs', proj / 'configs')
+    assert not any((p / 'shared' / 'data').exists() for p in (proj / 'nbs', *(proj / 'nbs').parents)), 'tmp is under a shared/data'
+    env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}
+    env.update(HJEPA_DATA=str(tmp_path / 'no-such-data'), HJEPA_CACHE=str(tmp_path / 'empty-cache'), PYTHONUNBUFFERED='1')
+    t0 = time.time()
+    r = subprocess.run([sys.executable, '-m', 'nbconvert', '--to', 'notebook', '--execute', '--ExecutePreprocessor.timeout=300',
+                        '--ExecutePreprocessor.kernel_name=python3', '--output', 'executed.ipynb', '02_masks.ipynb'],
+                       cwd=proj / 'nbs', env=env, capture_output=True, text=True, timeout=400)
+    (_out() / 'masks_without_data_nbconvert.log').write_text(r.stdout + r.stderr)
+    assert r.returncode == 0, f'02_masks failed without ../shared/data:\n{r.stderr[-3000:]}'
+    nb = json.loads((proj / 'nbs' / 'executed.ipynb').read_text())
+    code = [c for c in nb['cells'] if c['cell_type'] == 'code']
+    assert all(c.get('execution_count') for c in code), 'not every code cell ran'
+    outs = [o for c in code for o in c.get('outputs', [])]
+    assert not [o for o in outs if o['output_type'] == 'error'], 'an error output'
+    text = ''.join(''.join(o.get('text', '')) for o in outs if o['output_type'] == 'stream')
+    lines = [l for l in text.splitlines() if l.startswith('demo_images:')]
+    assert lines and all('synthetic' in l for l in lines), f'no fallback message about the synthetic sample; stream output:\n{text[-2000:]}'
+    assert len(lines) == 1, f'the fallback is to be said once, not {len(lines)} times: {lines}'
+    assert 'CIFAR-10 image folder' not in text
+    print(f'02_masks without data: {time.time() - t0:.1f} s; said: {lines[0]!r}')

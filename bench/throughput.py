@@ -1,0 +1,678 @@
+"""Images per second of one full H-JEPA training step on this CPU, with a breakdown by phase, peak memory,
+model FLOP utilisation, and the data path alone -- using the real library.
+
+    python bench/throughput.py                # quick_validation + cifar10_tiny, step and data path (~4-5 min)
+    python bench/throughput.py --options      # speed options side by side -> results/speed_options.{json,md}
+    python bench/throughput.py --bf16-curve   # ~100 steps fp32 vs bf16 vs oneDNN-fp32 losses -> results/bf16_curve.{json,md}
+
+Run from the repository root. The default run writes bench/results/throughput.{json,md}.
+
+One step = what the Trainer does per micro-batch plus one optimizer step: target-encoder forward
+(no grad) + layer norm + gather, context-encoder forward on the kept tokens, predictor + 2-D pooled
+hierarchy + loss, backward, the finite-loss check, gradient clipping, AdamW (hjepa_nb.train.param_groups),
+zero_grad, EMA (`model.update_target`). Images are fixed random tensors (the data path is measured
+separately) and masks come from `MultiBlockMaskCollator.from_config(cfg).sample_masks(B, step=i)` for a
+fixed cycle of steps, so every setting sees the same token counts.
+
+Each setting runs in its own subprocess (so `ru_maxrss` peaks are separate). In a subprocess, rounds of
+[phased step, plain step, 2048^2 fp32 matmul] are interleaved and medians taken; the plain step calls
+`model(batch)` exactly as the Trainer does and gives the images/s; the phased step repeats the same
+computation split at the phase boundaries (CPU ops are synchronous, so perf_counter around them is exact).
+FLOPs are counted with torch.utils.flop_counter.FlopCounterMode with timm's `fused_attn=False` (explicit
+attention math; the counter misses the fused CPU SDPA kernel), while timing uses the fused kernel.
+MFU = FLOPs per step / step time / the 2048^2 fp32 matmul rate measured in the same process.
+"""
+from __future__ import annotations
+import argparse, copy, json, math, os, platform, resource, statistics, subprocess, sys, tempfile, time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / 'bench' / 'results'
+sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / 'bench'))
+
+SETTINGS = {  # name: (config file, warm-up steps, timed rounds, data-path batches)
+    'quick_validation': ('configs/quick_validation.yaml', 2, 6, 60),
+    'cifar10_tiny': ('configs/cifar10_tiny.yaml', 1, 3, 12),
+}
+DATA_ROOT = '../shared/data/cifar10'      # relative to the repository root
+MOMENTUM = 0.996
+PHASES = ('target_fwd', 'context_fwd', 'predictor_loss', 'backward', 'clip_adamw', 'ema')
+
+
+def maxrss_mib() -> float:
+    "Peak resident set size of this process so far, MiB (Linux reports KiB)."
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_cfg(setting: str, overrides=()):
+    from hjepa_nb.config import load_config
+    return load_config(ROOT / SETTINGS[setting][0], list(overrides))
+
+
+def make_batches(cfg, n_masks: int = 4, seed: int = 0) -> list[dict]:
+    "`n_masks` batch dicts sharing one random image tensor, with masks of collator steps 0..n_masks-1."
+    import torch
+    from hjepa_nb.masks import MultiBlockMaskCollator
+    B, S = cfg.data.batch_size, cfg.model.img_size
+    images = torch.randn(B, 3, S, S, generator=torch.Generator().manual_seed(seed))
+    coll = MultiBlockMaskCollator.from_config(cfg, seed=seed, rank=0)
+    out = []
+    for i in range(n_masks):
+        ctx, tgt = coll.sample_masks(B, step=i)
+        out.append({'images': images, 'labels': torch.zeros(B, dtype=torch.long), 'ctx_idx': ctx, 'tgt_idx': tgt})
+    return out
+
+
+def make_optimizer(model, cfg, impl: str = 'default'):
+    "AdamW over hjepa_nb.train.param_groups as the Trainer builds it; impl: default (for-loop on CPU), foreach, fused."
+    import torch
+    from hjepa_nb.train import param_groups
+    kw = dict(foreach=True) if impl == 'foreach' else dict(fused=True) if impl == 'fused' else {}
+    return torch.optim.AdamW(param_groups(model), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                             weight_decay=cfg.optim.weight_decay, **kw)
+
+
+@contextmanager
+def explicit_attention(model):
+    "Temporarily switch timm attention modules to explicit q@k^T / softmax / @v math (countable by FlopCounterMode)."
+    mods = [m for m in model.modules() if hasattr(m, 'fused_attn')]
+    old = [m.fused_attn for m in mods]
+    for m in mods: m.fused_attn = False
+    try: yield len(mods)
+    finally:
+        for m, o in zip(mods, old): m.fused_attn = o
+
+
+class Clock:
+    "Accumulate perf_counter time per phase name (one step at a time)."
+    def __init__(self): self.t, self.last = {}, None
+    def start(self): self.last = time.perf_counter()
+    def lap(self, name):
+        now = time.perf_counter(); self.t[name] = self.t.get(name, 0.) + now - self.last; self.last = now
+
+
+def forward_phased(model, batch, clock=None, counters=None, amp=None):
+    "HJEPA.forward (hierarchy='pool') split at phase boundaries; returns the loss. `counters`: phase -> FlopCounterMode."
+    import torch
+    from hjepa_nb.patches import apply_masks
+    from hjepa_nb.loss import normalize_target
+    from hjepa_nb.hierarchy import hierarchy_levels
+    ctxm = (lambda n: counters[n]) if counters else (lambda n: nullcontext())
+    ac = (lambda: torch.autocast('cpu', dtype=amp)) if amp is not None else nullcontext
+    images, ctx_idx = batch['images'], batch['ctx_idx']
+    tgt_list = list(batch['tgt_idx']); tgt = torch.cat(tgt_list, 0)
+    if clock: clock.start()
+    with ctxm('target_fwd'), ac(), torch.no_grad():
+        h = model.target_encoder(images)
+        target = apply_masks(normalize_target(h), tgt_list)
+    if clock: clock.lap('target_fwd')
+    with ctxm('context_fwd'), ac():
+        z = model.context_encoder(images, ctx_idx)
+    if clock: clock.lap('context_fwd')
+    with ctxm('predictor_loss'), ac():
+        pred = model.predictor(z, ctx_idx, tgt)
+        preds, targets, weights = hierarchy_levels(pred, target, tgt, model.grid, model.heads)
+        loss, _ = model.criterion(preds, targets, weights)
+    if clock: clock.lap('predictor_loss')
+    return loss
+
+
+def optimizer_tail(model, opt, loss, clip: float, clock=None, ema: str = 'foreach_lerp'):
+    "The Trainer's step after backward: finite check (host sync), clip, AdamW, zero_grad, EMA."
+    import torch
+    if not torch.isfinite(loss): raise FloatingPointError('loss is not finite')
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else float('inf'))
+    opt.step(); opt.zero_grad(set_to_none=True)
+    if clock: clock.lap('clip_adamw')
+    if ema == 'foreach_lerp': model.update_target(MOMENTUM)
+    else:
+        with torch.no_grad():
+            for pt, pc in zip(model.target_encoder.parameters(), model.context_encoder.parameters()):
+                pt.mul_(MOMENTUM).add_(pc, alpha=1 - MOMENTUM)
+    if clock: clock.lap('ema')
+
+
+def train_step(model, opt, batch, cfg, amp=None, fwd=None):
+    "One plain training step as the Trainer runs it (`model(batch)` under autocast when `amp`); (wall s, process CPU s)."
+    import torch
+    t0, c0 = time.perf_counter(), time.process_time()
+    with (torch.autocast('cpu', dtype=amp) if amp is not None else nullcontext()):
+        loss, parts = (fwd or model)(batch)
+    loss.backward()
+    optimizer_tail(model, opt, loss.detach(), cfg.optim.clip_grad)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def phased_step(model, opt, batch, cfg, amp=None) -> dict:
+    "One training step split into PHASES; seconds per phase."
+    clock = Clock()
+    loss = forward_phased(model, batch, clock, amp=amp)
+    loss.backward(); clock.lap('backward')
+    optimizer_tail(model, opt, loss.detach(), cfg.optim.clip_grad, clock)
+    return clock.t
+
+
+def count_flops(model, batch, amp=None, modes=('explicit', 'fused')) -> dict:
+    "FLOPs per phase of one step (forward + backward; optimizer and EMA are not matmul work), explicit and fused attention."
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    out = {}
+    for mode in modes:
+        with (explicit_attention(model) if mode == 'explicit' else nullcontext()):
+            counters = {p: FlopCounterMode(display=False) for p in PHASES[:3] + ('backward',)}
+            loss = forward_phased(model, batch, counters=counters, amp=amp)
+            with counters['backward']: loss.backward()
+            model.zero_grad(set_to_none=True)
+        out[mode] = {p: c.get_total_flops() for p, c in counters.items()}
+        out[mode]['total'] = sum(out[mode].values())
+    return out
+
+
+def matmul_rate_once(n: int = 2048, a=None, b=None) -> float:
+    import torch
+    t0 = time.perf_counter(); torch.mm(a, b); return 2 * n ** 3 / (time.perf_counter() - t0) / 1e9
+
+
+def token_counts(batches) -> dict:
+    return dict(context=[int(b['ctx_idx'].shape[1]) for b in batches], target_block=[int(b['tgt_idx'][0].shape[1]) for b in batches],
+                targets_per_image=len(batches[0]['tgt_idx']))
+
+
+# --------------------------------------------------------------------------------- step worker
+def worker_step(args) -> dict:
+    import torch
+    torch.set_num_threads(args.threads)
+    rss_import = maxrss_mib()
+    from hjepa_nb.hjepa import HJEPA
+    from hjepa_nb.models import param_counts
+    cfg = load_cfg(args.setting)
+    torch.manual_seed(0)
+    model = HJEPA.from_config(cfg).train()
+    opt = make_optimizer(model, cfg)
+    batches = make_batches(cfg)
+    amp = torch.bfloat16 if args.amp == 'bf16' else None
+    # the phased forward computes what model(batch) computes
+    with torch.no_grad():
+        l_model = float(model(batches[0])[0]); l_phased = float(forward_phased(model, batches[0]))
+    if not math.isclose(l_model, l_phased, rel_tol=1e-5, abs_tol=1e-7):
+        raise AssertionError(f'phased forward loss {l_phased} != model(batch) loss {l_model}')
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    warm, rounds = SETTINGS[args.setting][1], args.rounds or SETTINGS[args.setting][2]
+    for i in range(warm):
+        phased_step(model, opt, batches[i % len(batches)], cfg, amp); train_step(model, opt, batches[i % len(batches)], cfg, amp)
+    matmul_rate_once(n, a, b)
+    full, full_cpu, phases, mm = [], [], {p: [] for p in PHASES}, []
+    t_run = time.perf_counter()
+    for r in range(rounds):
+        bt = batches[r % len(batches)]
+        ph = phased_step(model, opt, bt, cfg, amp)
+        for p in PHASES: phases[p].append(ph[p])
+        w, c = train_step(model, opt, bt, cfg, amp); full.append(w); full_cpu.append(c)
+        mm.append(matmul_rate_once(n, a, b))
+    t_run = time.perf_counter() - t_run
+    rss_peak = maxrss_mib()
+    # FLOPs: average over the same mask cycle the timed rounds used
+    used = [batches[i] for i in sorted({r % len(batches) for r in range(rounds)})]
+    fl = [count_flops(model, bt, amp, modes=('explicit', 'fused') if j == 0 else ('explicit',)) for j, bt in enumerate(used)]
+    flops = {'explicit': {p: statistics.mean(f['explicit'][p] for f in fl) for p in fl[0]['explicit']}}
+    undercount = 1 - fl[0]['fused']['total'] / fl[0]['explicit']['total']      # on the first mask step
+    B = cfg.data.batch_size
+    step_s = statistics.median(full)
+    ph_ms = {p: 1e3 * statistics.median(v) for p, v in phases.items()}
+    fb = sum(ph_ms[p] for p in PHASES[:4]); tail = ph_ms['clip_adamw'] + ph_ms['ema']
+    A = cfg.optim.accum_steps
+    mm_rate = statistics.median(mm)
+    phase_tflops = {p: flops['explicit'][p] for p in PHASES[:4]}
+    pc = param_counts(model)
+    return dict(
+        setting=args.setting, config=SETTINGS[args.setting][0], batch_size=B, img_size=cfg.model.img_size,
+        patch_size=cfg.model.patch_size, grid=list(cfg.grid), accum_steps=A, threads=torch.get_num_threads(),
+        amp=args.amp, tokens=token_counts(batches), params={k: list(v) for k, v in pc.items()},
+        step_s_median=step_s, step_s_all=full, img_per_s=B / step_s, step_s_best=min(full),
+        step_cpu_s_median=statistics.median(full_cpu), step_cpu_s_all=full_cpu,
+        img_per_s_idle_estimate=B * torch.get_num_threads() / statistics.median(full_cpu),
+        phase_ms_median=ph_ms, phase_sum_ms=sum(ph_ms.values()),
+        trainer_img_per_s_with_accum=A * B / ((A * fb + tail) / 1e3),
+        flops_per_step_explicit_attention=flops['explicit']['total'],
+        flops_per_step_fused_attention_counted=flops['explicit']['total'] * (1 - undercount),
+        flop_counter_undercount=undercount,
+        flops_per_phase=phase_tflops,
+        achieved_gflops=flops['explicit']['total'] / step_s / 1e9,
+        matmul_2048_gflops_median=mm_rate, matmul_2048_gflops_all=mm,
+        mfu_vs_matmul_2048=flops['explicit']['total'] / step_s / 1e9 / mm_rate,
+        phase_mfu={p: phase_tflops[p] / (ph_ms[p] / 1e3) / 1e9 / mm_rate for p in PHASES[:4]},
+        maxrss_after_import_mib=rss_import, maxrss_peak_mib=rss_peak, timed_wall_s=t_run,
+        loss_check=dict(model=l_model, phased=l_phased))
+
+
+# --------------------------------------------------------------------------------- data worker
+def worker_data(args) -> dict:
+    "Decode-cache, augment and mask-collate as the Trainer does; images/s with the config's workers and on one core."
+    import torch
+    os.environ['HJEPA_CACHE'] = tempfile.mkdtemp(prefix='hjepa_cache_')   # never read or evict others' decoded caches
+    from hjepa_nb.data import build_datasets, build_loader
+    from hjepa_nb.masks import MultiBlockMaskCollator
+    from hjepa_nb.train import EpochSampler, SeededItems, SeededMasks
+    overrides = [f'data.root={DATA_ROOT}', 'data.dataset=folder']
+    cfg = load_cfg(args.setting, overrides)
+    t0 = time.perf_counter()
+    train_ds, test_ds = build_datasets(cfg, limit=args.limit, verbose=False)
+    decode_s = time.perf_counter() - t0                       # train and test splits are both decoded
+    n_img, n_dec = len(train_ds), len(train_ds) + (len(test_ds) if test_ds is not None else 0)
+    coll = MultiBlockMaskCollator.from_config(cfg, seed=cfg.train.seed, rank=0)
+    B, nb = cfg.data.batch_size, args.batches or SETTINGS[args.setting][3]
+    out = dict(setting=args.setting, dataset=cfg.data.dataset, root=cfg.data.root, images_cached=n_img,
+               images_decoded_train_and_test=n_dec, limit_per_class=args.limit, decode_and_cache_s=decode_s,
+               decode_img_per_s=n_dec / decode_s,
+               batch_size=B, img_size=cfg.model.img_size, crop_scale=list(cfg.data.crop_scale), flip=cfg.data.flip,
+               color_jitter=cfg.data.color_jitter)
+    def rate(workers: int):
+        c = copy.deepcopy(cfg); c.data.num_workers = workers
+        sampler = EpochSampler(n_img, B, seed=c.train.seed)
+        loader = build_loader(c, SeededItems(train_ds, c.train.seed), train=True, collate_fn=SeededMasks(coll), sampler=sampler)
+        it, got, t = iter(loader), 0, None
+        for epoch in range(1000):
+            sampler.set_epoch(epoch)
+            it = iter(loader)
+            for batch in it:
+                if t is None: t = time.perf_counter(); continue        # first batch: worker start-up
+                got += len(batch['images'])
+                if got >= nb * B: break
+            if got >= nb * B: break
+        r = got / (time.perf_counter() - t)
+        del it, loader
+        return r
+    out['loader_workers'] = cfg.data.num_workers
+    out['img_per_s_workers'] = rate(cfg.data.num_workers)
+    torch.set_num_threads(1)
+    out['img_per_s_main_process_1_thread'] = rate(0)
+    import shutil; shutil.rmtree(os.environ['HJEPA_CACHE'], ignore_errors=True)
+    return out
+
+
+# --------------------------------------------------------------------------------- options worker
+OPTION_CANDIDATES = ('fp32', 'bf16', 'onednn_flag', 'channels_last', 'threads1')
+
+
+@contextmanager
+def candidate(name: str, model, batch):
+    "Switch a speed option on for one step: yields (amp dtype or None, batch)."
+    import torch
+    amp, b = None, batch
+    mm = torch.backends.mkldnn.matmul
+    if name == 'bf16': amp = torch.bfloat16
+    if name == 'onednn_flag': old = mm.fp32_precision; mm.fp32_precision = 'bf16'
+    if name == 'threads1': nt = torch.get_num_threads(); torch.set_num_threads(1)
+    convs = []
+    if name == 'channels_last':
+        cl = torch.channels_last
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        for m in convs: m.weight.data = m.weight.data.contiguous(memory_format=cl)
+        b = dict(batch, images=batch['images'].contiguous(memory_format=cl))
+    try: yield amp, b
+    finally:
+        if name == 'onednn_flag': mm.fp32_precision = old
+        if name == 'threads1': torch.set_num_threads(nt)
+        for m in convs: m.weight.data = m.weight.data.contiguous()
+
+
+def micro_optim(model, cfg, batch, reps: int) -> dict:
+    "AdamW for-loop / foreach / fused and EMA loop / foreach-lerp, timed in place on real gradients; finite-check sync."
+    import torch
+    loss = forward_phased(model, batch); loss.backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad.clone() for p in params]
+    opts = {k: make_optimizer(model, cfg, k) for k in ('default', 'foreach', 'fused')}
+    ts = {f'adamw_{k}': [] for k in opts}
+    ts.update(ema_foreach_lerp=[], ema_param_loop=[], isfinite_sync=[])
+    for _ in range(reps):
+        for k, o in opts.items():
+            for p, g in zip(params, grads): p.grad = g
+            t0 = time.perf_counter(); o.step(); ts[f'adamw_{k}'].append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); model.update_target(MOMENTUM); ts['ema_foreach_lerp'].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for pt, pc in zip(model.target_encoder.parameters(), model.context_encoder.parameters()):
+                pt.mul_(MOMENTUM).add_(pc, alpha=1 - MOMENTUM)
+        ts['ema_param_loop'].append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); bool(torch.isfinite(loss.detach())); ts['isfinite_sync'].append(time.perf_counter() - t0)
+    model.zero_grad(set_to_none=True)
+    return {k: 1e3 * statistics.median(v) for k, v in ts.items()}
+
+
+def worker_options(args) -> dict:
+    "Interleave OPTION_CANDIDATES (in this process) for `rounds` rounds of full training steps; plus optimizer micro-timings."
+    import torch
+    if args.interop: torch.set_num_interop_threads(args.interop)
+    torch.set_num_threads(args.threads)
+    from hjepa_nb.hjepa import HJEPA
+    cfg = load_cfg(args.setting)
+    torch.manual_seed(0)
+    model = HJEPA.from_config(cfg).train()
+    opt = make_optimizer(model, cfg)
+    batches = make_batches(cfg)
+    cands = args.cands.split(',')
+    out = dict(setting=args.setting, threads=args.threads, interop=torch.get_num_interop_threads(), candidates=cands,
+               shim=os.environ.get('LD_PRELOAD', ''))
+    fwd = None
+    if args.compile:
+        import torch._dynamo
+        fwd = torch.compile(model, dynamic=True)       # as the Trainer does with train.compile
+        t0 = time.perf_counter()
+        for i in range(2): train_step(model, opt, batches[i], cfg, fwd=fwd)   # 2 shapes: static, then dynamic
+        out['compile_s'] = time.perf_counter() - t0
+    for c in cands:             # warm-up every candidate
+        with candidate(c, model, batches[0]) as (amp, b): train_step(model, opt, b, cfg, amp)
+    ts = {c: [] for c in cands}
+    if fwd is not None: ts['compiled'] = []
+    tc = {c: [] for c in ts}
+    for r in range(args.rounds):
+        order = cands[r % len(cands):] + cands[:r % len(cands)]
+        for c in order:
+            with candidate(c, model, batches[r % len(batches)]) as (amp, b):
+                w, cp = train_step(model, opt, b, cfg, amp); ts[c].append(w); tc[c].append(cp)
+        if fwd is not None:
+            w, cp = train_step(model, opt, batches[r % len(batches)], cfg, fwd=fwd); ts['compiled'].append(w); tc['compiled'].append(cp)
+    out['step_s'] = ts
+    out['step_cpu_s'] = tc
+    out['step_s_median'] = {c: statistics.median(v) for c, v in ts.items()}
+    out['ratio_to_fp32_median'] = {c: statistics.median(x / y for x, y in zip(ts['fp32'], v)) for c, v in ts.items()} \
+        if 'fp32' in ts else {}
+    if args.micro: out['micro_ms'] = micro_optim(model, cfg, batches[0], args.micro)
+    out['maxrss_mib'] = maxrss_mib()
+    return out
+
+
+# --------------------------------------------------------------------------------- driver helpers
+OMP_ENV: dict = {}      # set by the drivers from --omp-wait-policy
+
+
+def run_sub_script(script, argv: list[str], threads: int = 2, preload: str | None = None, extra_env=None) -> dict:
+    "Run `script argv` in a fresh process (threads, optional LD_PRELOAD, env); parse its `RESULT {json}` line."
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS='ignore')
+    env.pop('LD_PRELOAD', None)
+    if preload: env['LD_PRELOAD'] = preload
+    env.update(OMP_ENV)
+    for k, v in (extra_env or {}).items():
+        if v is None: env.pop(k, None)
+        else: env[k] = v
+    t0 = time.perf_counter()
+    la = os.getloadavg()[0]
+    p = subprocess.run([sys.executable, str(script), *argv], env=env, capture_output=True, text=True, cwd=ROOT)
+    line = [l for l in p.stdout.splitlines() if l.startswith('RESULT ')]
+    if p.returncode or not line:
+        return dict(error=(p.stderr or p.stdout)[-3000:], argv=argv)
+    d = json.loads(line[-1][7:])
+    d.update(wall_s=round(time.perf_counter() - t0, 1), loadavg_1min_start=round(la, 2), loadavg_1min_end=round(os.getloadavg()[0], 2),
+             omp_wait_policy=env.get('OMP_WAIT_POLICY', '(unset)'))
+    return d
+
+
+def run_sub(argv: list[str], threads: int = 2, preload: str | None = None, extra_env=None) -> dict:
+    return run_sub_script(__file__, argv, threads, preload, extra_env)
+
+
+def header(cmd: str) -> dict:
+    import torch
+    return dict(command=cmd, date=time.strftime('%Y-%m-%d %H:%M'), torch=torch.__version__,
+                cpu=f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs",
+                loadavg_start=[round(x, 2) for x in os.getloadavg()])
+
+
+def fmt_md_step(d: dict) -> list[str]:
+    if 'error' in d: return [f"**{d.get('argv')}: failed** ```{d['error'][-800:]}```", '']
+    ph = d['phase_ms_median']
+    tok = d['tokens']
+    L = [f"### {d['setting']} ({d['config']}: {d['img_size']} px, patch {d['patch_size']}, batch {d['batch_size']}, "
+         f"{d['threads']} threads, OMP_WAIT_POLICY {d.get('omp_wait_policy')}, amp {d['amp']})", '',
+         f"- tokens: context {tok['context']} (per mask step), {tok['targets_per_image']} target blocks of {tok['target_block']}",
+         f"- **{d['img_per_s']:.1f} img/s** ({1e3 * d['step_s_median']:.0f} ms per step, median of {len(d['step_s_all'])}); "
+         f"with accum_steps={d['accum_steps']} (one AdamW+EMA per {d['accum_steps']} micro-batches, as the Trainer): "
+         f"{d['trainer_img_per_s_with_accum']:.1f} img/s; fastest step {1e3 * d['step_s_best']:.0f} ms",
+         f"- process CPU time per step {1e3 * d['step_cpu_s_median']:.0f} ms: {d['img_per_s_idle_estimate']:.1f} img/s if the "
+         f"{d['threads']} threads were never preempted by other users (an upper bound for an idle machine)",
+         f"- FLOPs per step (fwd+bwd, explicit attention): {d['flops_per_step_explicit_attention'] / 1e9:.1f} GFLOP; "
+         f"FlopCounterMode with the fused SDPA kernel counts {d['flops_per_step_fused_attention_counted'] / 1e9:.1f} "
+         f"({100 * d['flop_counter_undercount']:.0f}% missed)",
+         f"- achieved {d['achieved_gflops']:.0f} GFLOP/s; 2048^2 fp32 matmul in the same process {d['matmul_2048_gflops_median']:.0f} "
+         f"GFLOP/s; **MFU {100 * d['mfu_vs_matmul_2048']:.0f}%**",
+         f"- peak RSS {d['maxrss_peak_mib']:.0f} MiB (after `import torch, timm, hjepa_nb`: {d['maxrss_after_import_mib']:.0f} MiB)",
+         f"- load average (1 min) {d.get('loadavg_1min_start')} -> {d.get('loadavg_1min_end')}", '',
+         '| phase | ms (median) | share | GFLOP | MFU |', '|---|---|---|---|---|']
+    tot = d['phase_sum_ms']
+    for p in PHASES:
+        fl = d['flops_per_phase'].get(p)
+        L.append(f"| {p} | {ph[p]:.1f} | {100 * ph[p] / tot:.0f}% | {fl / 1e9:.2f} | {100 * d['phase_mfu'][p]:.0f}% |" if fl is not None
+                 else f"| {p} | {ph[p]:.1f} | {100 * ph[p] / tot:.0f}% | - | - |")
+    L += [f"| sum | {tot:.1f} | | {d['flops_per_step_explicit_attention'] / 1e9:.2f} | |", '']
+    return L
+
+
+# --------------------------------------------------------------------------------- drivers
+def main_default(args):
+    out = header('python bench/throughput.py ' + ' '.join(sys.argv[1:]))
+    out['settings'] = {}
+    for s in args.settings.split(','):
+        print(f'[{s}] training step ...', flush=True)
+        st = run_sub(['--worker-step', s, '--threads', str(args.threads)] + (['--rounds', str(args.rounds)] if args.rounds else []),
+                     args.threads)
+        print(f'[{s}] data path ...', flush=True)
+        da = run_sub(['--worker-data', s, '--limit', str(args.limit)], args.threads)
+        ratio = (da['img_per_s_workers'] / st['img_per_s']) if 'error' not in da and 'error' not in st else None
+        out['settings'][s] = dict(step=st, data=da, data_to_step_ratio=ratio)
+        print(json.dumps({k: (v.get('img_per_s', v.get('img_per_s_workers')) if isinstance(v, dict) else v)
+                          for k, v in out['settings'][s].items()}), flush=True)
+    out['loadavg_end'] = [round(x, 2) for x in os.getloadavg()]
+    path = Path(args.out or RESULTS / 'throughput.json')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    L = ['# Training-step throughput on this CPU', '', f"Command: `{out['command']}`  ",
+         f"Date {out['date']}, torch {out['torch']}, {out['cpu']}; load average {out['loadavg_start']} -> {out['loadavg_end']} "
+         '(the machine is shared: absolute figures vary by tens of percent between runs).', '']
+    for s, d in out['settings'].items():
+        L += fmt_md_step(d['step'])
+        da = d['data']
+        if 'error' in da: L += [f"data path failed: ```{da['error'][-800:]}```", '']; continue
+        L += [f"Data path ({da['dataset']} at {da['root']}, first {da['limit_per_class']} images per class = {da['images_cached']} "
+              f"training images ({da['images_decoded_train_and_test']} with the test split) decoded into the uint8 cache in "
+              f"{da['decode_and_cache_s']:.1f} s, {da['decode_img_per_s']:.0f} img/s; "
+              f"RandomResizedCrop{da['crop_scale']} to {da['img_size']} px, flip {da['flip']}, colour jitter {da['color_jitter']}, "
+              f"mask collation in the workers, batch {da['batch_size']}):", '',
+              f"- {da['loader_workers']} DataLoader workers: **{da['img_per_s_workers']:.0f} img/s** = "
+              f"**{d['data_to_step_ratio']:.1f}x** the training step",
+              f"- main process, 1 thread (the CPU cost of the data path): {da['img_per_s_main_process_1_thread']:.0f} img/s per core, "
+              f"i.e. feeding the step takes {100 * d['step']['img_per_s'] / da['img_per_s_main_process_1_thread'] / 2:.1f}% "
+              f"of the 2-core machine", '']
+    path.with_suffix('.md').write_text('\n'.join(L))
+    print('\n'.join(L))
+
+
+def main_options(args):
+    "Speed options side by side: in-process candidates interleaved; MKL shim and interop threads in separate processes."
+    from matmul import build_shim
+    shim = build_shim()
+    out = header('python bench/throughput.py ' + ' '.join(sys.argv[1:]))
+    out['shim'] = shim
+    out['runs'] = {}
+    plan = []
+    for s in args.settings.split(','):
+        rounds = args.rounds or (6 if s == 'quick_validation' else 3)
+        cands = OPTION_CANDIDATES if s == 'quick_validation' else ('fp32', 'bf16', 'onednn_flag', 'threads1')
+        base = ['--worker-options', s, '--rounds', str(rounds), '--cands', ','.join(cands)]
+        shim_c = ['--worker-options', s, '--rounds', str(rounds), '--cands', 'fp32,bf16,onednn_flag']
+        # default and shim processes alternate (two halves each), so both see the same spells of load
+        half = max(1, rounds // 2)
+        omp_c = ['--worker-options', s, '--rounds', str(half), '--cands', 'fp32,threads1']
+        for rep in range(2):
+            plan.append((f'{s}/default/{rep}', base[:3] + [str(half)] + base[4:] + (['--micro', '10'] if rep == 0 else []), None, {}))
+            if shim: plan.append((f'{s}/shim/{rep}', shim_c[:3] + [str(half)] + shim_c[4:], shim, {}))
+            plan.append((f'{s}/omp_unset/{rep}', omp_c, None, {'OMP_WAIT_POLICY': None}))
+        plan.append((f'{s}/interop1', ['--worker-options', s, '--rounds', str(half), '--cands', 'fp32', '--interop', '1'], None, {}))
+        if args.compile:
+            plan.append((f'{s}/compile', ['--worker-options', s, '--rounds', str(half), '--cands', 'fp32', '--compile'], None, {}))
+    for name, argv, pre, env in plan:
+        print(f'[{name}] ...', flush=True)
+        out['runs'][name] = run_sub(argv + ['--threads', str(args.threads)], args.threads, pre, env)
+        r = out['runs'][name]
+        print('   ', json.dumps(r.get('ratio_to_fp32_median', r.get('error', '')[-500:])), flush=True)
+    out['loadavg_end'] = [round(x, 2) for x in os.getloadavg()]
+    out['summary'] = summarize_options(out)
+    path = Path(args.out or RESULTS / 'speed_options.json')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    print(json.dumps(out['summary'], indent=1))
+
+
+def summarize_options(out: dict) -> dict:
+    "Per setting and option: median step ms and the ratio to fp32 default (same process; shim rows vs default processes)."
+    summ = {}
+    runs = out['runs']
+    for s in sorted({k.split('/')[0] for k in runs}):
+        d = [v for k, v in runs.items() if k.startswith(f'{s}/default/') and 'error' not in v]
+        sh = [v for k, v in runs.items() if k.startswith(f'{s}/shim/') and 'error' not in v]
+        row = {}
+        if not d: continue
+        base = [t for v in d for t in v['step_s']['fp32']]
+        bmed = statistics.median(base)
+        bcpu = statistics.median(t for v in d for t in v['step_cpu_s']['fp32'])
+        for c in d[0]['step_s']:
+            ts = [t for v in d for t in v['step_s'][c]]
+            rat = [x / y for v in d for x, y in zip(v['step_s']['fp32'], v['step_s'][c])]
+            ratc = [x / y for v in d for x, y in zip(v['step_cpu_s']['fp32'], v['step_cpu_s'][c])]
+            row[c] = dict(step_ms=1e3 * statistics.median(ts), speedup=statistics.median(rat), speedup_cpu_time=statistics.median(ratc),
+                          n=len(ts), how='same process, interleaved')
+        for c in (sh[0]['step_s'] if sh else {}):
+            ts = [t for v in sh for t in v['step_s'][c]]
+            tcs = [t for v in sh for t in v['step_cpu_s'][c]]
+            row[f'shim+{c}'] = dict(step_ms=1e3 * statistics.median(ts), speedup=bmed / statistics.median(ts),
+                                    speedup_cpu_time=bcpu / statistics.median(tcs), n=len(ts),
+                                    how='shim process vs default processes (alternating)')
+        om = [v for k, v in runs.items() if k.startswith(f'{s}/omp_unset/') and 'error' not in v]
+        for c in (om[0]['step_s'] if om else {}):
+            ts = [t for v in om for t in v['step_s'][c]]
+            tcs = [t for v in om for t in v['step_cpu_s'][c]]
+            ref_ms = statistics.median(t for v in d for t in v['step_s'][c]) if c in d[0]['step_s'] else bmed
+            row[f'omp_unset+{c}'] = dict(step_ms=1e3 * statistics.median(ts), speedup=ref_ms / statistics.median(ts),
+                                         speedup_cpu_time=(statistics.median(t for v in d for t in v['step_cpu_s'][c]) if c in d[0]['step_s']
+                                                           else bcpu) / statistics.median(tcs), n=len(ts),
+                                         how='OMP_WAIT_POLICY unset (libgomp default spin) process vs PASSIVE processes (alternating)')
+        for tag in ('interop1', 'compile'):
+            v = runs.get(f'{s}/{tag}')
+            if v and 'error' not in v:
+                for c, ts in v['step_s'].items():
+                    tcs = v['step_cpu_s'][c]
+                    if tag == 'interop1':
+                        row[f'interop1:{c}'] = dict(step_ms=1e3 * statistics.median(ts), speedup=bmed / statistics.median(ts),
+                                                    speedup_cpu_time=bcpu / statistics.median(tcs), n=len(ts),
+                                                    how='process with 1 inter-op thread vs default processes')
+                        continue
+                    row['compile' if c == 'compiled' else 'compile-process:fp32'] = dict(
+                        step_ms=1e3 * statistics.median(ts),
+                        speedup=statistics.median(x / y for x, y in zip(v['step_s']['fp32'], ts)),
+                        speedup_cpu_time=statistics.median(x / y for x, y in zip(v['step_cpu_s']['fp32'], tcs)),
+                        n=len(ts), how='same process, interleaved with its own fp32 steps', compile_s=v.get('compile_s'))
+            elif v: row[tag] = dict(error=v['error'][-400:])
+        micro = [v['micro_ms'] for v in d if 'micro_ms' in v]
+        if micro: row['micro_ms'] = micro[0]
+        summ[s] = row
+    return summ
+
+
+def main_bf16_curve(args):
+    "Train the cifar10_tiny model shape on synthetic data with the real Trainer: fp32, bf16 autocast, oneDNN-fp32; compare losses."
+    out = header('python bench/throughput.py ' + ' '.join(sys.argv[1:]))
+    runs = {}
+    for name in ('fp32', 'bf16', 'onednn_flag'):
+        print(f'[{name}] {args.steps} steps ...', flush=True)
+        runs[name] = run_sub(['--worker-curve', name, '--steps', str(args.steps), '--batch', str(args.batch)], args.threads)
+        if 'error' in runs[name]: print(runs[name]['error'][-1500:])
+    out['runs'] = runs
+    ok = {k: v for k, v in runs.items() if 'error' not in v}
+    if 'fp32' in ok:
+        f = ok['fp32']['loss']
+        cmp = {}
+        for k, v in ok.items():
+            if k == 'fp32': continue
+            g = v['loss']; n = min(len(f), len(g))
+            d = [abs(x - y) for x, y in zip(f[:n], g[:n])]
+            last = slice(max(0, n - 20), n)
+            cmp[k] = dict(mean_abs_diff=statistics.mean(d), max_abs_diff=max(d),
+                          mean_abs_diff_last20=statistics.mean(d[last]),
+                          rel_diff_last20=statistics.mean(d[last]) / statistics.mean(f[last]),
+                          final_loss_fp32=statistics.mean(f[last]), final_loss_other=statistics.mean(g[last]),
+                          speed_ratio_other_over_fp32=statistics.median(v['img_s'][1:]) / statistics.median(ok['fp32']['img_s'][1:]))
+        out['compare_to_fp32'] = cmp
+        # step-to-step noise of the fp32 curve itself (loss differences between neighbouring steps, last 20)
+        out['fp32_step_to_step_noise_last20'] = statistics.mean(abs(f[i] - f[i - 1]) for i in range(max(1, len(f) - 20), len(f)))
+    out['loadavg_end'] = [round(x, 2) for x in os.getloadavg()]
+    path = Path(args.out or RESULTS / 'bf16_curve.json')
+    path.write_text(json.dumps(out, indent=1))
+    print(json.dumps(out.get('compare_to_fp32'), indent=1))
+    try:
+        import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for k, v in ok.items(): ax.plot(range(1, len(v['loss']) + 1), v['loss'], label=k, lw=1)
+        ax.set_xlabel('optimizer step'); ax.set_ylabel('loss'); ax.legend(); ax.set_title('cifar10_tiny shape, synthetic data')
+        fig.tight_layout(); fig.savefig(path.with_suffix('.png'), dpi=90)
+    except Exception as e: print('no plot:', e)
+
+
+def worker_curve(args) -> dict:
+    import torch
+    torch.set_num_threads(args.threads)
+    if args.variant == 'onednn_flag': torch.backends.mkldnn.matmul.fp32_precision = 'bf16'
+    from hjepa_nb.train import Trainer
+    cfg = load_cfg('cifar10_tiny', [
+        'data.dataset=synthetic', 'data.synthetic_size=2048', f'data.batch_size={args.batch}', 'data.num_workers=0',
+        f'train.max_steps={args.steps}', f"train.amp={'bf16' if args.variant == 'bf16' else 'none'}", 'train.ckpt_every=100000',
+        'train.keep_best=0', 'log.every=1', 'log.tensorboard=false', 'log.progress=false', 'log.monitor_every=0', 'eval.every=0'])
+    out_dir = tempfile.mkdtemp(prefix=f'curve_{args.variant}_')
+    tr = Trainer(cfg, out_dir=out_dir, quiet=True)
+    t0 = time.perf_counter()
+    hist = tr.fit()
+    return dict(variant=args.variant, batch=args.batch, steps=args.steps, fit_s=time.perf_counter() - t0,
+                img_s=[h['img_s'] for h in hist], loss=[h['loss'] for h in hist], loss_l0=[h.get('loss_l0') for h in hist], loss_l1=[h.get('loss_l1') for h in hist],
+                maxrss_mib=maxrss_mib())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--settings', default='quick_validation,cifar10_tiny')
+    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--rounds', type=int, default=0, help='timed rounds per setting (0: the setting default)')
+    ap.add_argument('--limit', type=int, default=500, help='data path: images per class decoded into the cache')
+    ap.add_argument('--out', default=None)
+    ap.add_argument('--omp-wait-policy', default='PASSIVE',
+                    help="OMP_WAIT_POLICY for the measuring processes ('inherit': leave the environment's)")
+    ap.add_argument('--options', action='store_true', help='speed options suite')
+    ap.add_argument('--compile', action='store_true', help='with --options: also torch.compile the model (slow to compile)')
+    ap.add_argument('--bf16-curve', action='store_true', help='fp32 vs bf16 vs oneDNN loss curves with the Trainer')
+    ap.add_argument('--steps', type=int, default=100)
+    ap.add_argument('--batch', type=int, default=32)
+    # worker modes (internal)
+    ap.add_argument('--worker-step', dest='setting_step', default=None, help=argparse.SUPPRESS)
+    ap.add_argument('--worker-data', dest='setting_data', default=None, help=argparse.SUPPRESS)
+    ap.add_argument('--worker-options', dest='setting_opts', default=None, help=argparse.SUPPRESS)
+    ap.add_argument('--worker-curve', dest='variant', default=None, help=argparse.SUPPRESS)
+    ap.add_argument('--amp', default='none', help=argparse.SUPPRESS)
+    ap.add_argument('--batches', type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument('--cands', default=','.join(OPTION_CANDIDATES), help=argparse.SUPPRESS)
+    ap.add_argument('--interop', type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument('--micro', type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    for attr, fn in (('setting_step', worker_step), ('setting_data', worker_data), ('setting_opts', worker_options),
+                     ('variant', worker_curve)):
+        if getattr(args, attr):
+            if attr != 'variant': args.setting = getattr(args, attr)
+            print('RESULT ' + json.dumps(fn(args)), flush=True)
+            return
+    if args.omp_wait_policy != 'inherit': OMP_ENV['OMP_WAIT_POLICY'] = args.omp_wait_policy
+    if args.options: return main_options(args)
+    if args.bf16_curve: return main_bf16_curve(args)
+    return main_default(args)
+
+
+if __name__ == '__main__':
+    main()
