@@ -354,7 +354,9 @@ class LiveDashboard:
         parts.append(f"elapsed {_hms(el)}")
         if done: parts.append('done')
         elif total and step > self.step0: parts.append(f"ETA {_hms(el / (step - self.step0) * (total - step))}")
-        parts.append(f"dashboard {self.overhead:.1%} of the time ({self.draws} redraw{'' if self.draws == 1 else 's'})")
+        share = f"dashboard {self.loop_overhead:.1%} of the time"
+        if done: share += f", {self.overhead:.1%} with the first and final pictures"
+        parts.append(f"{share} ({self.draws} redraw{'' if self.draws == 1 else 's'})")
         s = ' &middot; '.join(parts)
         if self.error: s += f' &middot; <span style="color:#b00020">drawing off: {html.escape(self.error)}</span>'
         return f'<b>H-JEPA</b> &middot; {s}'
@@ -364,6 +366,7 @@ class LiveDashboard:
 
 # %% ../nbs/11_live.ipynb #ee2ebf1e
 def _with_overrides(cfg, overrides):
+    "A copy of `cfg` with dotted `overrides` applied and validated (the given `Config` is not changed)."
     from hjepa_nb.config import config_to_dict, from_dict, _parse_override, _set_dotted
     d = config_to_dict(cfg)
     for o in overrides:
@@ -392,7 +395,7 @@ def train_with_dashboard(cfg_or_path,             # a `Config`, or a YAML path (
     trainer.fit()
     return trainer
 
-# %% ../nbs/11_live.ipynb #05618e28
+# %% ../nbs/11_live.ipynb #a32ed828
 def plot_metrics(run_dir,                  # a run folder (with metrics.jsonl) or the metrics.jsonl file
                  save=None,                # also write the picture to this path (e.g. run_dir/'metrics.png')
                  smooth: float = 0.8,      # EMA factor of the smoothed curves
@@ -409,7 +412,7 @@ def plot_metrics(run_dir,                  # a run folder (with metrics.jsonl) o
     if save is not None: fig.savefig(save, dpi=dpi)
     return fig
 
-# %% ../nbs/11_live.ipynb #34a8362e
+# %% ../nbs/11_live.ipynb #8ca53c06
 def _run_finished(run_dir: Path, rows: list) -> bool:
     "Whether the last row is the run's last step (by `train.max_steps` or `train.epochs` in the run's config.yaml)."
     if not rows: return False
