@@ -25,6 +25,8 @@ def main():
     ap.add_argument('--config', default='configs/cifar10_tiny.yaml')
     ap.add_argument('--out', default='bench/results')
     ap.add_argument('--run', default='runs/quality')
+    ap.add_argument('--eval-train', type=int, default=0, help='training images for the final kNN bank / probe (0: all)')
+    ap.add_argument('--eval-test', type=int, default=0, help='test images scored at the end (0: all 10,000)')
     ap.add_argument('overrides', nargs='*')
     a = ap.parse_args()
     os.chdir(ROOT)
@@ -40,18 +42,21 @@ def main():
     step_s = cfg.data.batch_size * cfg.optim.accum_steps / img_s
     eval_frac = 0.08 if cfg.eval.every else 0.0       # time kNN checks take during training, measured roughly
     steps = int(a.minutes * 60 * (1 - eval_frac) / step_s)
-    every = max(1, steps // 12)
+    le = cfg.log.every
+    every = max(le, (steps // 12) // le * le)      # kNN on logging steps, about 12 points on the curve
     print(f'calibration: {img_s:.0f} img/s, {step_s*1000:.0f} ms/step -> {steps} steps in {a.minutes} min, kNN every {every}')
     shutil.rmtree(cfg.train.out_dir, ignore_errors=True)
-    cfg = load_config(a.config, a.overrides + [f'train.out_dir={a.run}', 'log.progress=false', f'train.max_steps={steps}',
-                                               f'eval.every={every}'])
+    spe = len(train_ds) // cfg.data.batch_size / cfg.optim.accum_steps
+    warm = round(0.1 * steps / spe, 4)                # warm up over the first tenth of the budget
+    cfg = load_config(a.config, [f'optim.warmup_epochs={warm}'] + a.overrides +
+                      [f'train.out_dir={a.run}', 'log.progress=false', f'train.max_steps={steps}', f'eval.every={every}'])
     t0 = time.time()
     tr = Trainer(cfg, datasets=(train_ds, test_ds), quiet=True)
     tr.fit()
     train_min = (time.time() - t0) / 60
     # final scores on all 10,000 test images, all 50,000 training images as bank / probe training set
     t1 = time.time()
-    etr, ete = eval_datasets(cfg, train_ds, test_ds)
+    etr, ete = eval_datasets(cfg, train_ds, test_ds, a.eval_train, a.eval_test)
     model = tr.model.eval()
     res = {'trained': evaluate_embed(model.embed, etr, ete, linear=True)}
     seed_everything(cfg.train.seed)
