@@ -49,7 +49,8 @@ def main():
     spe = len(train_ds) // cfg.data.batch_size / cfg.optim.accum_steps
     warm = round(0.1 * steps / spe, 4)                # warm up over the first tenth of the budget
     cfg = load_config(a.config, [f'optim.warmup_epochs={warm}'] + a.overrides +
-                      [f'train.out_dir={a.run}', 'log.progress=false', f'train.max_steps={steps}', f'eval.every={every}'])
+                      [f'train.out_dir={a.run}', 'log.progress=false', f'train.max_steps={steps}', f'eval.every={every}',
+                       f'train.time_limit={a.minutes}'])   # the budget holds even when the machine is slower than calibrated
     t0 = time.time()
     tr = Trainer(cfg, datasets=(train_ds, test_ds), quiet=True)
     tr.fit()

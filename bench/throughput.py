@@ -138,7 +138,7 @@ def train_step(model, opt, batch, cfg, amp=None, fwd=None):
     import torch
     t0, c0 = time.perf_counter(), time.process_time()
     with (torch.autocast('cpu', dtype=amp) if amp is not None else nullcontext()):
-        loss, parts = (fwd or model)(batch)
+        loss, parts = (fwd if fwd is not None else model)(batch)
     loss.backward()
     optimizer_tail(model, opt, loss.detach(), cfg.optim.clip_grad)
     return time.perf_counter() - t0, time.process_time() - c0
@@ -491,28 +491,25 @@ def main_default(args):
 
 
 def main_options(args):
-    "Speed options side by side: in-process candidates interleaved; MKL shim and interop threads in separate processes."
+    """Speed options side by side: in-process candidates interleaved; MKL shim, OMP wait policy, inter-op threads and
+    torch.compile in separate processes that alternate with default processes (`--alternations` times)."""
     from matmul import build_shim
-    shim = build_shim()
+    parts = set(args.parts.split(',')) | ({'compile'} if args.compile else set())
+    shim = build_shim() if 'shim' in parts else None
     out = header('python bench/throughput.py ' + ' '.join(sys.argv[1:]))
-    out['shim'] = shim
-    out['runs'] = {}
+    out.update(shim=shim, parts=sorted(parts), runs={})
     plan = []
     for s in args.settings.split(','):
-        rounds = args.rounds or (6 if s == 'quick_validation' else 3)
-        cands = OPTION_CANDIDATES if s == 'quick_validation' else ('fp32', 'bf16', 'onednn_flag', 'threads1')
-        base = ['--worker-options', s, '--rounds', str(rounds), '--cands', ','.join(cands)]
-        shim_c = ['--worker-options', s, '--rounds', str(rounds), '--cands', 'fp32,bf16,onednn_flag']
-        # default and shim processes alternate (two halves each), so both see the same spells of load
-        half = max(1, rounds // 2)
-        omp_c = ['--worker-options', s, '--rounds', str(half), '--cands', 'fp32,threads1']
-        for rep in range(2):
-            plan.append((f'{s}/default/{rep}', base[:3] + [str(half)] + base[4:] + (['--micro', '10'] if rep == 0 else []), None, {}))
-            if shim: plan.append((f'{s}/shim/{rep}', shim_c[:3] + [str(half)] + shim_c[4:], shim, {}))
-            plan.append((f'{s}/omp_unset/{rep}', omp_c, None, {'OMP_WAIT_POLICY': None}))
-        plan.append((f'{s}/interop1', ['--worker-options', s, '--rounds', str(half), '--cands', 'fp32', '--interop', '1'], None, {}))
-        if args.compile:
-            plan.append((f'{s}/compile', ['--worker-options', s, '--rounds', str(half), '--cands', 'fp32', '--compile'], None, {}))
+        per = args.rounds or (3 if s == 'quick_validation' else 1)       # timed rounds per process
+        cands = (OPTION_CANDIDATES if s == 'quick_validation' else ('fp32', 'bf16', 'onednn_flag', 'threads1')) \
+            if 'inproc' in parts else ('fp32', 'bf16')
+        w = lambda c, extra=(): ['--worker-options', s, '--rounds', str(per), '--cands', ','.join(c), *extra]
+        for rep in range(args.alternations):
+            plan.append((f'{s}/default/{rep}', w(cands, ['--micro', '10'] if rep == 0 and 'inproc' in parts else []), None, {}))
+            if shim: plan.append((f'{s}/shim/{rep}', w(('fp32', 'bf16', 'onednn_flag') if 'inproc' in parts else ('fp32', 'bf16')), shim, {}))
+            if 'omp' in parts: plan.append((f'{s}/omp_unset/{rep}', w(('fp32', 'threads1')), None, {'OMP_WAIT_POLICY': None}))
+        if 'interop' in parts: plan.append((f'{s}/interop1', w(('fp32',), ['--interop', '1']), None, {}))
+        if 'compile' in parts: plan.append((f'{s}/compile', w(('fp32',), ['--compile']), None, {}))
     for name, argv, pre, env in plan:
         print(f'[{name}] ...', flush=True)
         out['runs'][name] = run_sub(argv + ['--threads', str(args.threads)], args.threads, pre, env)
@@ -611,12 +608,23 @@ def main_bf16_curve(args):
     path = Path(args.out or RESULTS / 'bf16_curve.json')
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps(out.get('compare_to_fp32'), indent=1))
+    plot_curve(out, path.with_suffix('.png'))
+
+
+def plot_curve(out: dict, png):
+    "Loss curves of the bf16-curve runs, and their difference from fp32."
     try:
         import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ok = {k: v for k, v in out['runs'].items() if 'error' not in v}
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.5))
         for k, v in ok.items(): ax.plot(range(1, len(v['loss']) + 1), v['loss'], label=k, lw=1)
         ax.set_xlabel('optimizer step'); ax.set_ylabel('loss'); ax.legend(); ax.set_title('cifar10_tiny shape, synthetic data')
-        fig.tight_layout(); fig.savefig(path.with_suffix('.png'), dpi=90)
+        if 'fp32' in ok:
+            f = ok['fp32']['loss']
+            for k, v in ok.items():
+                if k != 'fp32': bx.plot(range(1, len(v['loss']) + 1), [a - b for a, b in zip(v['loss'], f)], label=f'{k} - fp32', lw=1)
+            bx.axhline(0, color='k', lw=0.5); bx.legend(); bx.set_xlabel('optimizer step'); bx.set_title('loss difference from fp32')
+        fig.tight_layout(); fig.savefig(png, dpi=90); plt.close(fig)
     except Exception as e: print('no plot:', e)
 
 
@@ -638,6 +646,64 @@ def worker_curve(args) -> dict:
                 maxrss_mib=maxrss_mib())
 
 
+# --------------------------------------------------------------------------------- real Trainer, threads and wait policy
+TRAINER_VARIANTS = {   # name: (torch threads, OMP_WAIT_POLICY or None for libgomp's default)
+    't2_omp_default': (2, None), 't2_passive': (2, 'PASSIVE'), 't1': (1, None)}
+
+
+def worker_trainer(args) -> dict:
+    "Trainer.fit for a few optimizer steps on the real CIFAR-10 folder (first --limit images per class), DataLoader workers on."
+    import torch
+    os.environ['HJEPA_CACHE'] = tempfile.mkdtemp(prefix='hjepa_cache_')
+    from hjepa_nb.data import build_datasets
+    from hjepa_nb.train import Trainer
+    cfg = load_cfg(args.setting, [f'data.root={DATA_ROOT}', 'data.dataset=folder', f'train.threads={args.threads}',
+                                  f'train.max_steps={args.steps}', 'train.ckpt_every=100000', 'train.keep_best=0', 'log.every=1',
+                                  'log.tensorboard=false', 'log.progress=false', 'log.monitor_every=0', 'eval.every=0'])
+    ds = build_datasets(cfg, limit=args.limit, verbose=False)
+    tr = Trainer(cfg, out_dir=tempfile.mkdtemp(prefix='trainer_ab_'), datasets=ds, quiet=True)
+    c0 = time.process_time()
+    hist = tr.fit()
+    import shutil; shutil.rmtree(os.environ['HJEPA_CACHE'], ignore_errors=True)
+    img_s = [h['img_s'] for h in hist]
+    return dict(setting=args.setting, threads=torch.get_num_threads(), workers=cfg.data.num_workers,
+                omp_wait_policy=os.environ.get('OMP_WAIT_POLICY', '(unset)'), steps=args.steps,
+                images_per_step=cfg.data.batch_size * cfg.optim.accum_steps, img_s=img_s,
+                img_s_median_after_first=statistics.median(img_s[1:]) if len(img_s) > 1 else img_s[0],
+                main_process_cpu_s=time.process_time() - c0, maxrss_mib=maxrss_mib())
+
+
+def main_trainer_ab(args):
+    "Real Trainer (DataLoader workers included) with 2 threads + libgomp default, 2 threads + PASSIVE, and 1 thread, alternating."
+    out = header('python bench/throughput.py ' + ' '.join(sys.argv[1:]))
+    out['runs'] = {}
+    for s in args.settings.split(','):
+        steps = args.steps if args.steps != 100 else (4 if s == 'quick_validation' else 3)
+        for rep in range(args.alternations):
+            for v, (th, pol) in TRAINER_VARIANTS.items():
+                key = f'{s}/{v}/{rep}'
+                print(f'[{key}] ...', flush=True)
+                out['runs'][key] = r = run_sub(['--worker-trainer', s, '--threads', str(th), '--steps', str(steps),
+                                                '--limit', str(args.limit)], th, extra_env={'OMP_WAIT_POLICY': pol})
+                print('   ', r.get('img_s', r.get('error', '')[-600:]), flush=True)
+    summ = {}
+    for s in args.settings.split(','):
+        summ[s] = {}
+        for v in TRAINER_VARIANTS:
+            rs = [r for k, r in out['runs'].items() if k.startswith(f'{s}/{v}/') and 'error' not in r]
+            if rs:
+                vals = [x for r in rs for x in r['img_s'][1:]]
+                summ[s][v] = dict(img_s_median=statistics.median(vals), img_s_all=vals)
+        b = summ[s].get('t2_omp_default', {}).get('img_s_median')
+        for v in summ[s]:
+            if b: summ[s][v]['ratio_to_t2_omp_default'] = summ[s][v]['img_s_median'] / b
+    out['summary'] = summ
+    out['loadavg_end'] = [round(x, 2) for x in os.getloadavg()]
+    path = Path(args.out or RESULTS / 'trainer_threads.json')
+    path.write_text(json.dumps(out, indent=1))
+    print(json.dumps({s: {v: {k: x for k, x in d.items() if k != 'img_s_all'} for v, d in r.items()} for s, r in summ.items()}, indent=1))
+
+
 # --------------------------------------------------------------------------------- speed_options.md
 NOTES_MARK = '<!-- notes: everything below this line is kept when the report is regenerated -->'
 
@@ -649,7 +715,8 @@ def _load(name):
 
 def main_report(args):
     "Write results/speed_options.md from matmul.json, speed_options.json, bf16_curve.json and refstep.json."
-    mm, so, cu, rs = (_load(n) for n in ('matmul.json', 'speed_options.json', 'bf16_curve.json', 'refstep.json'))
+    mm, cu, rs, ta = (_load(n) for n in ('matmul.json', 'bf16_curve.json', 'refstep.json', 'trainer_threads.json'))
+    sos = [json.loads(f.read_text()) for f in sorted(RESULTS.glob('speed_options*.json'))]
     path = RESULTS / 'speed_options.md'
     notes = ''
     if path.exists() and NOTES_MARK in path.read_text(): notes = path.read_text().split(NOTES_MARK, 1)[1]
@@ -683,9 +750,11 @@ def main_report(args):
                   f"Training matmuls (non-constant weights) are not eligible for the template.", '']
         lk = mm.get('linkage', {})
         L += [f"MKL linkage: {lk.get('verdict')}.", '']
-    if so:
-        L += [f"## 2. Full training step (`{so['command']}`, {so['date']})", '',
-              'Speed-up = fp32 default step time / option step time (higher is better).', '']
+    for j, so in enumerate(sos):
+        L += [f"## 2{'abcdefgh'[j]}. Full training step (`{so['command']}`, {so['date']}, load average {so['loadavg_start']} -> "
+              f"{so.get('loadavg_end')})", '',
+              'Speed-up = fp32 default step time / option step time (higher is better). Default processes: 2 threads, '
+              'OMP_WAIT_POLICY=PASSIVE, MKL default path, fp32.', '']
         for s, row in so['summary'].items():
             L += [f"### {s}", '', '| option | step ms (median) | speed-up (wall) | speed-up (CPU time) | steps | how measured |',
                   '|---|---|---|---|---|---|']
@@ -701,7 +770,17 @@ def main_report(args):
                           f"EMA `_foreach_lerp_` {m['ema_foreach_lerp']:.1f} vs a per-parameter mul_/add_ loop {m['ema_param_loop']:.1f}; "
                           f"the finite-loss check (a host sync) {m['isfinite_sync']:.3f}."]
             L.append('')
+    if ta:
+        L += [f"## 2t. The real Trainer with DataLoader workers: threads and OpenMP wait policy (`{ta['command']}`, {ta['date']})", '',
+              'Trainer.fit on the CIFAR-10 folder (first 500 images per class), 2 DataLoader workers, a few optimizer steps per '
+              'process; processes alternate. img/s from the Trainer\'s own metrics, first step excluded.', '',
+              '| setting | variant | img/s (median) | vs 2 threads + libgomp default | steps |', '|---|---|---|---|---|']
+        for s, row in ta['summary'].items():
+            for v, d in row.items():
+                L.append(f"| {s} | {v} | {d['img_s_median']:.2f} | {d.get('ratio_to_t2_omp_default', float('nan')):.2f}x | {len(d['img_s_all'])} |")
+        L.append('')
     if cu and cu.get('compare_to_fp32'):
+        plot_curve(cu, RESULTS / 'bf16_curve.png')
         r = cu['runs']
         L += [f"## 3. bf16 autocast numerics (`{cu['command']}`, {cu['date']})", '',
               f"The real Trainer, cifar10_tiny model shape (32 px, patch 4, ViT-Tiny width, predictor depth 4), synthetic data, "
@@ -742,7 +821,11 @@ def main():
                     help="OMP_WAIT_POLICY for the measuring processes ('inherit': leave the environment's)")
     ap.add_argument('--options', action='store_true', help='speed options suite')
     ap.add_argument('--compile', action='store_true', help='with --options: also torch.compile the model (slow to compile)')
+    ap.add_argument('--parts', default='inproc,shim,omp,interop',
+                    help='with --options: inproc (bf16, oneDNN flag, channels_last, 1 thread, AdamW/EMA), shim, omp, interop, compile')
+    ap.add_argument('--alternations', type=int, default=2, help='with --options: default/variant process pairs per setting')
     ap.add_argument('--bf16-curve', action='store_true', help='fp32 vs bf16 vs oneDNN loss curves with the Trainer')
+    ap.add_argument('--trainer-ab', action='store_true', help='real Trainer: 2 threads (libgomp default / PASSIVE) vs 1 thread')
     ap.add_argument('--report', action='store_true', help='write results/speed_options.md from the result JSON files')
     ap.add_argument('--steps', type=int, default=100)
     ap.add_argument('--batch', type=int, default=32)
@@ -751,6 +834,7 @@ def main():
     ap.add_argument('--worker-data', dest='setting_data', default=None, help=argparse.SUPPRESS)
     ap.add_argument('--worker-options', dest='setting_opts', default=None, help=argparse.SUPPRESS)
     ap.add_argument('--worker-curve', dest='variant', default=None, help=argparse.SUPPRESS)
+    ap.add_argument('--worker-trainer', dest='setting_trainer', default=None, help=argparse.SUPPRESS)
     ap.add_argument('--amp', default='none', help=argparse.SUPPRESS)
     ap.add_argument('--batches', type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument('--cands', default=','.join(OPTION_CANDIDATES), help=argparse.SUPPRESS)
@@ -758,13 +842,14 @@ def main():
     ap.add_argument('--micro', type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     for attr, fn in (('setting_step', worker_step), ('setting_data', worker_data), ('setting_opts', worker_options),
-                     ('variant', worker_curve)):
+                     ('variant', worker_curve), ('setting_trainer', worker_trainer)):
         if getattr(args, attr):
             if attr != 'variant': args.setting = getattr(args, attr)
             print('RESULT ' + json.dumps(fn(args)), flush=True)
             return
     if args.omp_wait_policy != 'inherit': OMP_ENV['OMP_WAIT_POLICY'] = args.omp_wait_policy
     if args.report: return main_report(args)
+    if args.trainer_ab: return main_trainer_ab(args)
     if args.options: return main_options(args)
     if args.bf16_curve: return main_bf16_curve(args)
     return main_default(args)

@@ -98,6 +98,7 @@ class TrainConfig:
     "The run itself."
     epochs: float = opt(1.0, 'passes over the training set', lo=0.0, lo_open=True)
     max_steps: int = opt(0, 'stop after this many optimizer steps (0: no limit)', lo=0)
+    time_limit: float = opt(0.0, 'stop (saving last.pt) after this many minutes of training (0: no limit)', lo=0.0)
     seed: int = opt(0, 'seed for weights, data order and masks', lo=0)
     device: str = opt('auto', 'auto, cpu, cuda or cuda:N')
     amp: str = opt('auto', 'autocast: auto (bf16 on CUDA, fp32 on CPU), bf16, or none', choices=('auto', 'bf16', 'none'))

@@ -295,6 +295,7 @@ class Trainer:
         self.model.train()
         self._cb('before_fit')
         t_last, imgs_since, loss_acc, parts_acc, n_acc = time.perf_counter(), 0, None, {}, 0
+        deadline = time.perf_counter() + cfg.train.time_limit * 60 if cfg.train.time_limit else float('inf')
         try:
             while self.step < stop_after and not self.stop_requested:
                 self.epoch = self.mb // self.mb_per_epoch
@@ -338,7 +339,9 @@ class Trainer:
                     n_acc += 1
                     if bar is not None: bar.update(n_img)
                     self._cb('after_step')
-                    if self.step % cfg.log.every == 0 or self.step == self.total_steps:
+                    if time.perf_counter() > deadline:
+                        stop_after = self.step   # train.time_limit reached: end here, logged and saved as if planned
+                    if self.step % cfg.log.every == 0 or self.step >= stop_after or self.stop_requested:
                         now = time.perf_counter()
                         keys = sorted(parts_acc)
                         vals = torch.stack([loss_acc] + [parts_acc[k] for k in keys]).float() / n_acc

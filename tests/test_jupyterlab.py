@@ -33,6 +33,13 @@ def _free_port() -> int:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
+def _die_with_parent():
+    "In the child (Linux): get SIGTERM when pytest dies, so a killed test run leaves no server or kernel behind."
+    try:
+        import ctypes, signal
+        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except Exception: pass
+
 def _sha1(p: Path) -> str: return hashlib.sha1(p.read_bytes()).hexdigest()
 
 def _strays(folder: Path) -> set:
@@ -61,7 +68,8 @@ def lab(tmp_path_factory):
            f'--LabApp.user_settings_dir={settings}', f'--LabApp.workspaces_dir={base / "workspaces"}',
            f'--FileCheckpoints.checkpoint_dir={base / "checkpoints"}',   # not beside the notebooks
            '--ServerApp.open_browser=False'] + (['--allow-root'] if hasattr(os, 'geteuid') and os.geteuid() == 0 else [])
-    proc = subprocess.Popen(cmd, cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent if sys.platform.startswith('linux') else None)
     url = f'http://127.0.0.1:{port}'
     try:
         import urllib.request
@@ -159,10 +167,13 @@ def cell_prompts(page) -> list[str]:
     "The input prompt of every code cell: '[3]:' once run, '[*]:' while queued or running, '[ ]:' never run."
     return page.eval_on_selector_all(f'{PANEL} .jp-CodeCell .jp-InputPrompt', 'els => els.map(e => e.textContent.trim())')
 
-def run_all(page):
-    "Run > Run All Cells from the menu bar, as a person would."
-    page.click('.lm-MenuBar-item:has-text("Run")')
-    page.click('.lm-Menu-item:has-text("Run All Cells")')
+def menu(page, top: str, item: str):
+    "Click `top` in the menu bar, then the item labelled exactly `item`, as a person would."
+    page.locator('.lm-MenuBar-itemLabel', has_text=re.compile(f'^{re.escape(top)}$')).click()
+    page.locator('.lm-Menu-item').filter(
+        has=page.locator('.lm-Menu-itemLabel', has_text=re.compile(f'^{re.escape(item)}$'))).first.click()
+
+def run_all(page): menu(page, 'Run', 'Run All Cells')
 
 def wait_all_run(page, timeout: float, upto: int | None = None) -> list[str]:
     "Until the first `upto` (default all) code cells have an execution count and the kernel is idle, or an error shows."
@@ -261,8 +272,7 @@ def test_live_dashboard_notebook(page, lab):
     sha = open_notebook(page, lab, name)
     # `#| slow` cells (timings, benchmarks) are left out as nbdev_test leaves them out: Run > Run All Above Selected Cell
     slow = select_first_slow_cell(page)
-    page.click('.lm-MenuBar-item:has-text("Run")')
-    page.locator('.lm-Menu-item', has_text='Run All Cells' if slow is None else 'Run All Above Selected Cell').first.click()
+    menu(page, 'Run', 'Run All Cells' if slow is None else 'Run All Above Selected Cell')
     fig = page.locator(f'{PANEL} .hjepa-live-figure').first
     fig.wait_for(state='visible', timeout=240_000)             # the training cell has started
     t_dash = time.time() - t0
