@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / 'bench'))
 import throughput as T  # noqa: E402
 
 REF_PARAMS_224 = dict(total=12_051_264, trainable=6_526_848)
+ROUNDS = {'quick_validation': 8, 'cifar10_tiny': 5}      # timed rounds (each: one step of each side) per setting
 
 
 class RefEncoder(nn.Module):
@@ -187,7 +188,7 @@ def worker(args) -> dict:
     N = cfg.grid[0] * cfg.grid[1]
     masks = [union_mask(b, N) for b in batches]
     clip = cfg.optim.clip_grad
-    warm, rounds = T.SETTINGS[args.setting][1], args.rounds or T.SETTINGS[args.setting][2]
+    warm, rounds = T.SETTINGS[args.setting][1], args.rounds or ROUNDS[args.setting]
     for i in range(warm):
         T.train_step(ours, opt_o, batches[i], cfg, amp); ref_step(ref, opt_r, batches[i]['images'], masks[i], clip, amp)
     sides = ['ours', 'ref'] + (['ours_bf16'] if args.with_bf16 else [])

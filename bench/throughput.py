@@ -715,7 +715,8 @@ def _load(name):
 
 def main_report(args):
     "Write results/speed_options.md from matmul.json, speed_options.json, bf16_curve.json and refstep.json."
-    mm, cu, rs, ta = (_load(n) for n in ('matmul.json', 'bf16_curve.json', 'refstep.json', 'trainer_threads.json'))
+    mm, cu, ta = (_load(n) for n in ('matmul.json', 'bf16_curve.json', 'trainer_threads.json'))
+    rss = [x for x in (_load('refstep.json'), _load('refstep_fastpaths.json')) if x]
     sos = [json.loads(f.read_text()) for f in sorted(RESULTS.glob('speed_options*.json'))]
     path = RESULTS / 'speed_options.md'
     notes = ''
@@ -794,7 +795,7 @@ def main_report(args):
                      f"{c['speed_ratio_other_over_fp32']:.2f}x |")
         L += ['', f"fp32 step-to-step loss change (last 20 steps): {cu['fp32_step_to_step_noise_last20']:.4f}. "
                   f"Curves: bf16_curve.png.", '']
-    if rs:
+    for rs in rss:
         L += [f"## 4. Against the reference-style step (`{rs['command']}`, {rs['date']})", '',
               '| run | hjepa_nb img/s | reference-style img/s | speed-up (wall) | CPU-time ratio | ours bf16 vs ref | ours shim vs ref (no shim) |',
               '|---|---|---|---|---|---|---|']

@@ -297,7 +297,7 @@ def folder_splits(root: Path, key: str = 'data.root') -> tuple[Path, Path | None
         return root / 'train', test
     return root, None
 
-# %% ../nbs/08_data.ipynb #2af5d333
+# %% ../nbs/08_data.ipynb #a60df84a
 def train_transform(cfg: Config):
     "Training augmentation for `cfg`: uint8 `[3, H, W]` -> float `[3, S, S]`, S = `model.img_size`."
     from torchvision.transforms import v2
@@ -323,7 +323,7 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
     s = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
     return (x * s + m).clamp(0, 1)
 
-# %% ../nbs/08_data.ipynb #27228027
+# %% ../nbs/08_data.ipynb #579edfe0
 def _limit_per_class(ds: ImageDataset, limit: int | None) -> ImageDataset:
     "Keep the first `limit` items of each class (all when `limit` is None)."
     if not limit: return ds
@@ -377,7 +377,7 @@ def build_datasets(cfg: Config,
     if test is not None: test = test.with_transform(eval_transform(cfg))
     return train, test
 
-# %% ../nbs/08_data.ipynb #fea5240a
+# %% ../nbs/08_data.ipynb #2ec96ce8
 def seed_worker(worker_id: int):
     "DataLoader `worker_init_fn`: seed `random` and NumPy from the worker's torch seed."
     s = torch.initial_seed() % 2**32
@@ -396,7 +396,7 @@ def build_loader(cfg: Config, ds, train: bool = True, collate_fn=None, sampler=N
                       collate_fn=collate_fn, pin_memory=pin, drop_last=train, persistent_workers=nw > 0,
                       worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(cfg.train.seed))
 
-# %% ../nbs/08_data.ipynb #65e8036b
+# %% ../nbs/08_data.ipynb #60410d8e
 def show_images(imgs, labels=None, classes=None, ncols: int = 8, size: float = 1.2, title: str | None = None):
     "Grid of `imgs` (uint8 `[N, 3, H, W]`, or normalised float); titles from `labels` and `classes`."
     import matplotlib.pyplot as plt
@@ -414,7 +414,7 @@ def show_images(imgs, labels=None, classes=None, ncols: int = 8, size: float = 1
     plt.tight_layout()
     return fig
 
-# %% ../nbs/08_data.ipynb #37c15f39
+# %% ../nbs/08_data.ipynb #fd3122a0
 def loader_throughput(loader, max_batches: int = 20) -> float:
     "Images per second drawn from `loader` over up to `max_batches` batches (after one warm-up batch)."
     it = iter(loader)

@@ -19,7 +19,7 @@ def in_notebook() -> bool:
     ip = IPython.get_ipython()
     return ip is not None and getattr(ip, 'kernel', None) is not None
 
-# %% ../nbs/11_live.ipynb #17605a9f
+# %% ../nbs/11_live.ipynb #324cb086
 def ema_smooth(values,            # numbers (None, NaN or Inf are skipped)
                alpha: float = 0.8, # weight of the past, in [0, 1); 0 returns the values unchanged
               ) -> list:
@@ -32,7 +32,7 @@ def ema_smooth(values,            # numbers (None, NaN or Inf are skipped)
         out.append(s / (1 - alpha ** n) if n else float('nan'))
     return out
 
-# %% ../nbs/11_live.ipynb #fc23120d
+# %% ../nbs/11_live.ipynb #1901f31e
 _COLLAPSE_NOTE = 'no collapse metrics yet\n(log.monitor_every)'
 # title, which keys, smooth?, markers?, text when empty
 _PANELS = [
@@ -68,7 +68,7 @@ def _series(history: list, key: str):
     rows = [r for r in history if _is_num(r.get(key))]
     return [r.get('step', i) for i, r in enumerate(rows)], [float(r[key]) for r in rows]
 
-# %% ../nbs/11_live.ipynb #7d566ed0
+# %% ../nbs/11_live.ipynb #b4dfc7b9
 _TGT_RGB = [(0.9, 0.1, 0.29), (0.24, 0.71, 1.0), (1.0, 0.88, 0.1), (0.24, 0.71, 0.29), (0.96, 0.51, 0.19), (0.57, 0.12, 0.71)]
 
 def _edges(m):
@@ -218,7 +218,7 @@ def render_dashboard(history: list,        # metric rows, e.g. `trainer.history`
     c.draw(history, batch, grid, smooth, title)
     return c.png()
 
-# %% ../nbs/11_live.ipynb #12ae0727
+# %% ../nbs/11_live.ipynb #35222fb8
 def _hms(s: float) -> str:
     s = int(max(s, 0))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
@@ -364,7 +364,7 @@ class LiveDashboard:
     def _set_status(self, trainer, done: bool = False):
         self.status.value = self.status_text(trainer, done)
 
-# %% ../nbs/11_live.ipynb #ee2ebf1e
+# %% ../nbs/11_live.ipynb #d21e17d5
 def _with_overrides(cfg, overrides):
     "A copy of `cfg` with dotted `overrides` applied and validated (the given `Config` is not changed)."
     from hjepa_nb.config import config_to_dict, from_dict, _parse_override, _set_dotted
@@ -395,7 +395,7 @@ def train_with_dashboard(cfg_or_path,             # a `Config`, or a YAML path (
     trainer.fit()
     return trainer
 
-# %% ../nbs/11_live.ipynb #a32ed828
+# %% ../nbs/11_live.ipynb #1e56cdc8
 def plot_metrics(run_dir,                  # a run folder (with metrics.jsonl) or the metrics.jsonl file
                  save=None,                # also write the picture to this path (e.g. run_dir/'metrics.png')
                  smooth: float = 0.8,      # EMA factor of the smoothed curves
@@ -412,7 +412,7 @@ def plot_metrics(run_dir,                  # a run folder (with metrics.jsonl) o
     if save is not None: fig.savefig(save, dpi=dpi)
     return fig
 
-# %% ../nbs/11_live.ipynb #8ca53c06
+# %% ../nbs/11_live.ipynb #2cf20b5f
 def _run_finished(run_dir: Path, rows: list) -> bool:
     "Whether the last row is the run's last step (by `train.max_steps` or `train.epochs` in the run's config.yaml)."
     if not rows: return False

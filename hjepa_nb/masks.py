@@ -15,7 +15,7 @@ from .config import ConfigError
 # %% auto #0
 __all__ = ['block_size', 'MultiBlockMaskCollator', 'show_masks', 'mask_stats', 'mask_explorer']
 
-# %% ../nbs/02_masks.ipynb #cd605136
+# %% ../nbs/02_masks.ipynb #d736bedd
 def block_size(scale,      # fraction of the grid's patches (float or tensor)
                aspect,     # height / width (float or tensor, broadcastable with `scale`)
                grid: tuple, # (rows, cols) of the patch grid
@@ -30,7 +30,7 @@ def block_size(scale,      # fraction of the grid's patches (float or tensor)
     w = torch.floor(torch.sqrt(area / aspect) / cell + 0.5) * cell
     return h.clamp(cell, H // cell * cell).long(), w.clamp(cell, W // cell * cell).long()
 
-# %% ../nbs/02_masks.ipynb #a772e79b
+# %% ../nbs/02_masks.ipynb #812ae6a6
 def _rect_masks(top: Tensor, left: Tensor, h, w, H: int, W: int) -> Tensor:
     "Boolean masks `[..., H, W]` of rectangles at `(top, left)` of size `(h, w)` (all broadcastable to `[...]`)."
     rows, cols = torch.arange(H), torch.arange(W)
@@ -78,7 +78,7 @@ def _place(ht: Tensor, wt: Tensor, hc: Tensor, wc: Tensor, T: int, grid, g: torc
     return dict(targets=targets, ctx_block=ctx_block, context=context,
                 tgt_top_left=torch.stack([tt, tl], -1), ctx_top_left=torch.stack([ct, cl], -1))
 
-# %% ../nbs/02_masks.ipynb #dcf3b700
+# %% ../nbs/02_masks.ipynb #65e08046
 _M64 = (1 << 64) - 1
 
 def _mix(*xs: int) -> int:
@@ -137,7 +137,7 @@ class _StepCounter:
         if isinstance(d['_a'], list): d['_a'] = _shared(d['_a'])
         self.__dict__.update(d)
 
-# %% ../nbs/02_masks.ipynb #16f8dc4f
+# %% ../nbs/02_masks.ipynb #b2504080
 def _pair(name, v, lo, hi=None):
     "Check an ordered `(min, max)` range with `lo < min <= max <= hi`; return it as floats."
     try: a, b = (float(x) for x in v)
@@ -234,7 +234,7 @@ class MultiBlockMaskCollator:
                    min_keep=m.min_keep, allow_overlap=m.allow_overlap, align_level=m.align_level,
                    seed=cfg.train.seed if seed is None else seed, **kw)
 
-# %% ../nbs/02_masks.ipynb #c5aabfec
+# %% ../nbs/02_masks.ipynb #2323927b
 def _lerp(rng, u): return rng[0] + u * (rng[1] - rng[0])
 
 @patch
@@ -286,7 +286,7 @@ def sample_blocks(self: MultiBlockMaskCollator, B: int, # images in the batch
     g, step = self._generator(step)
     with _one_thread(): return dict(self._blocks(B, g), step=step)
 
-# %% ../nbs/02_masks.ipynb #ccde6418
+# %% ../nbs/02_masks.ipynb #f2a55efa
 @patch
 def sample_masks(self: MultiBlockMaskCollator, B: int, # images in the batch
                  step: int | None = None, # batch number; None: the next one (advances the counter)
@@ -309,7 +309,7 @@ def _indices(self: MultiBlockMaskCollator, blk: dict, g: torch.Generator) -> tup
     tgt_idx = (rows[..., :, None] * W + cols[..., None, :]).flatten(2)   # [B, T, h*w], raster order
     return ctx_idx, [tgt_idx[:, t].contiguous() for t in range(self.num_targets)]
 
-# %% ../nbs/02_masks.ipynb #2fdf561e
+# %% ../nbs/02_masks.ipynb #27343636
 @patch
 def __call__(self: MultiBlockMaskCollator, batch: list) -> dict:
     "Collate samples (`img` or `(img, label)`) into `{'images', 'labels', 'ctx_idx', 'tgt_idx'}`."
@@ -326,7 +326,7 @@ def __call__(self: MultiBlockMaskCollator, batch: list) -> dict:
     ctx_idx, tgt_idx = self.sample_masks(len(batch))
     return {'images': images, 'labels': labels, 'ctx_idx': ctx_idx, 'tgt_idx': tgt_idx}
 
-# %% ../nbs/02_masks.ipynb #520a9dc5
+# %% ../nbs/02_masks.ipynb #8236606b
 @patch(as_prop=True)
 def step(self: MultiBlockMaskCollator) -> int:
     "Number of the next batch to draw."
@@ -355,7 +355,7 @@ def __getstate__(self: MultiBlockMaskCollator):
     if self.rank is None and d['_dist_rank'] is None: d['_dist_rank'] = self._rank()  # spawned workers cannot see the group
     return d
 
-# %% ../nbs/02_masks.ipynb #92018fc6
+# %% ../nbs/02_masks.ipynb #14bde3a6
 _COLORS = ['#e6194b', '#3cb4ff', '#ffe119', '#3cb44b', '#f58231', '#911eb4', '#f032e6', '#46f0f0']
 
 def _to_hwc(img: Tensor):
@@ -445,7 +445,7 @@ def show_masks(images: Tensor,   # `[B, 3, H, W]` uint8 or float (any range: min
     plt.close(fig)  # the caller shows or saves it; pyplot keeps no reference
     return fig
 
-# %% ../nbs/02_masks.ipynb #47b9186c
+# %% ../nbs/02_masks.ipynb #c179f081
 def mask_stats(collator: MultiBlockMaskCollator, # the sampler to measure
                n: int = 1000,                   # draws (images)
                seed: int = 0,                   # seed of the statistics' own generator
@@ -463,7 +463,7 @@ def mask_stats(collator: MultiBlockMaskCollator, # the sampler to measure
                     mean_tgt_coverage=cover.mean().item(), min_ctx=int(ctx_size.min().item()),
                     heat=union.float().mean(0), ctx_heat=blk['context'].float().mean(0))
 
-# %% ../nbs/02_masks.ipynb #c179f081
+# %% ../nbs/02_masks.ipynb #0855c398
 class _MaskCanvas:
     "The explorer's figure (images with masks, then the target heat map), redrawn in place and returned as PNG bytes."
     def __init__(self, n: int, dpi: int = 72):

@@ -43,7 +43,7 @@ def collapse_metrics(feats: torch.Tensor,     # [N, D] (or [..., D], flattened t
     if len(feats) > max_rows: feats = feats[torch.linspace(0, len(feats) - 1, max_rows).long()]
     return dict(std=feature_std(feats), rank=effective_rank(feats), cos=mean_cosine(feats))
 
-# %% ../nbs/09_monitor.ipynb #38fc3751
+# %% ../nbs/09_monitor.ipynb #7ae975eb
 class CollapseMonitor:
     "Trainer callback: collapse metrics of targets, predictions and embeddings on `trainer.eval_batch` every `every` steps."
     order = 60

@@ -11,7 +11,7 @@ from .config import Config
 # %% auto #0
 __all__ = ['cosine', 'lr_at', 'wd_at', 'momentum_at', 'optimizer_steps', 'Schedules']
 
-# %% ../nbs/07_schedules.ipynb #116280d2
+# %% ../nbs/07_schedules.ipynb #6278f1cf
 def _progress(step: float, begin: float, end: float) -> float:
     "Fraction of the way from `begin` to `end` at `step`, clamped to [0, 1] (1 when the span is empty)."
     if end <= begin: return 1.0
@@ -42,7 +42,7 @@ def momentum_at(step: float, total: int, start: float = 0.996, end: float = 1.0)
     "EMA momentum of the target encoder at `step`: linear from `start` (step 0) to `end` (step `total`)."
     return start + (end - start) * _progress(step, 0, total)
 
-# %% ../nbs/07_schedules.ipynb #ef540235
+# %% ../nbs/07_schedules.ipynb #259281a9
 def optimizer_steps(cfg: Config, micro_batches_per_epoch: int) -> tuple[float, int]:
     "`(steps_per_epoch, total_steps)` in optimizer steps for `micro_batches_per_epoch`; `train.max_steps`, when set, is the total."
     spe = micro_batches_per_epoch / cfg.optim.accum_steps
