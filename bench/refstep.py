@@ -34,15 +34,16 @@ sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / 'bench'))
 import throughput as T  # noqa: E402
 
 REF_PARAMS_224 = dict(total=12_051_264, trainable=6_526_848)
-ROUNDS = {'quick_validation': 8, 'cifar10_tiny': 5}      # timed rounds (each: one step of each side) per setting
+ROUNDS = {'quick_validation': 8, 'cifar10_tiny': 8}      # timed rounds (each: one step of each side) per setting
 
 
 class RefEncoder(nn.Module):
     "timm ViT with class token; `forward(x, mask)` zeroes masked patch tokens and encodes all tokens."
-    def __init__(self, name: str, img_size: int, patch_size: int):
+    def __init__(self, name: str, img_size: int, patch_size: int, depth: int = 0, embed_dim: int = 0, num_heads: int = 0):
         super().__init__()
         import timm
-        self.vit = timm.create_model(name, pretrained=False, img_size=img_size, patch_size=patch_size, num_classes=0)
+        kw = {k: v for k, v in dict(depth=depth, embed_dim=embed_dim, num_heads=num_heads).items() if v}   # 0: timm's own
+        self.vit = timm.create_model(name, pretrained=False, img_size=img_size, patch_size=patch_size, num_classes=0, **kw)
         self.embed_dim = self.vit.embed_dim
 
     def forward(self, x, mask=None):                      # mask: [B, N] bool, True = masked (to predict)
@@ -91,7 +92,7 @@ class RefHJEPA(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         m = cfg.model
-        self.context_encoder = RefEncoder(m.encoder, m.img_size, m.patch_size)
+        self.context_encoder = RefEncoder(m.encoder, m.img_size, m.patch_size, m.depth, m.embed_dim, m.num_heads)
         self.target_encoder = copy.deepcopy(self.context_encoder).requires_grad_(False)
         D = self.context_encoder.embed_dim
         self.predictor = RefPredictor(D, m.pred_depth, m.pred_heads, m.pred_mlp_ratio)
@@ -180,7 +181,8 @@ def worker(args) -> dict:
     opt_r = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=cfg.optim.lr,
                               betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
     n_tot = sum(p.numel() for p in ref.parameters()); n_tr = sum(p.numel() for p in ref.parameters() if p.requires_grad)
-    if (cfg.model.img_size, cfg.model.patch_size) == (224, 16) and cfg.model.encoder == 'vit_tiny_patch16_224' \
+    if (cfg.model.img_size, cfg.model.patch_size, cfg.model.depth, cfg.model.embed_dim) == (224, 16, 0, 0) \
+            and cfg.model.encoder == 'vit_tiny_patch16_224' \
             and (n_tot, n_tr) != (REF_PARAMS_224['total'], REF_PARAMS_224['trainable']):
         raise AssertionError(f'reference-style model has {n_tot:,} / {n_tr:,} parameters, expected the reference run\'s '
                              f"{REF_PARAMS_224['total']:,} / {REF_PARAMS_224['trainable']:,}")
@@ -217,7 +219,10 @@ def worker(args) -> dict:
     fl_ref = statistics.mean(count_ref_flops(ref, batches[i]['images'], masks[i]) for i in used)
     B = cfg.data.batch_size
     mo, mr = statistics.median(ts['ours']), statistics.median(ts['ref'])
-    return dict(setting=args.setting, batch_size=B, img_size=cfg.model.img_size, patch_size=cfg.model.patch_size,
+    from hjepa_nb.config import config_to_dict
+    return dict(setting=args.setting, config=config_to_dict(cfg), encoder_depth=len(ours.context_encoder.blocks),
+                ref_encoder_depth=len(ref.context_encoder.vit.blocks), batch_size=B, img_size=cfg.model.img_size,
+                patch_size=cfg.model.patch_size,
                 threads=torch.get_num_threads(), amp=args.amp, omp_wait_policy=os.environ.get('OMP_WAIT_POLICY', '(unset)'),
                 ref_params=dict(total=n_tot, trainable=n_tr),
                 ours_params=dict(total=sum(p.numel() for p in ours.parameters()),
@@ -267,7 +272,9 @@ def markdown(out) -> str:
     for k, d in out['runs'].items():
         if 'error' in d: continue
         t = d['tokens']
-        L += [f"## {k}", '',
+        L += [f"## {k}", '', f"- config: {d['config']['model']['encoder']} with {d['encoder_depth']} blocks (reference-style: "
+              f"{d['ref_encoder_depth']}), {d['img_size']} px, patch {d['patch_size']}, batch {d['batch_size']}, predictor width "
+              f"{d['config']['model']['pred_dim']} depth {d['config']['model']['pred_depth']}",
               f"- tokens: ours encode context {t['ours_context']} and predict {t['ours_targets']} per image; the reference-style "
               f"step encodes {t['ref_encoded']} and predicts the union of the target blocks, padded to {t['ref_masked_padded']} "
               f"(mean {[round(x, 1) for x in t['ref_masked_mean']]})",

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / 'bench'))
 
 SETTINGS = {  # name: (config file, warm-up steps, timed rounds, data-path batches)
     'quick_validation': ('configs/quick_validation.yaml', 2, 6, 60),
-    'cifar10_tiny': ('configs/cifar10_tiny.yaml', 1, 3, 12),
+    'cifar10_tiny': ('configs/cifar10_tiny.yaml', 1, 5, 24),
 }
 DATA_ROOT = '../shared/data/cifar10'      # relative to the repository root
 MOMENTUM = 0.996
@@ -226,8 +226,10 @@ def worker_step(args) -> dict:
     mm_rate = statistics.median(mm)
     phase_tflops = {p: flops['explicit'][p] for p in PHASES[:4]}
     pc = param_counts(model)
+    from hjepa_nb.config import config_to_dict
     return dict(
-        setting=args.setting, config=SETTINGS[args.setting][0], batch_size=B, img_size=cfg.model.img_size,
+        setting=args.setting, config=SETTINGS[args.setting][0], config_values=config_to_dict(cfg),
+        encoder_depth=len(model.context_encoder.blocks), batch_size=B, img_size=cfg.model.img_size,
         patch_size=cfg.model.patch_size, grid=list(cfg.grid), accum_steps=A, threads=torch.get_num_threads(),
         amp=args.amp, tokens=token_counts(batches), params={k: list(v) for k, v in pc.items()},
         step_s_median=step_s, step_s_all=full, img_per_s=B / step_s, step_s_best=min(full),
@@ -354,7 +356,9 @@ def worker_options(args) -> dict:
     opt = make_optimizer(model, cfg)
     batches = make_batches(cfg)
     cands = args.cands.split(',')
-    out = dict(setting=args.setting, threads=args.threads, interop=torch.get_num_interop_threads(), candidates=cands,
+    from hjepa_nb.config import config_to_dict
+    out = dict(setting=args.setting, config_values=config_to_dict(cfg), encoder_depth=len(model.context_encoder.blocks),
+               batch_size=cfg.data.batch_size, threads=args.threads, interop=torch.get_num_interop_threads(), candidates=cands,
                shim=os.environ.get('LD_PRELOAD', ''))
     fwd = None
     if args.compile:
@@ -425,7 +429,7 @@ def fmt_md_step(d: dict) -> list[str]:
     if 'error' in d: return [f"**{d.get('argv')}: failed** ```{d['error'][-800:]}```", '']
     ph = d['phase_ms_median']
     tok = d['tokens']
-    L = [f"### {d['setting']} ({d['config']}: {d['img_size']} px, patch {d['patch_size']}, batch {d['batch_size']}, "
+    L = [f"### {d['setting']} ({d['config']}: {d['img_size']} px, patch {d['patch_size']}, {d.get('encoder_depth')} encoder blocks, batch {d['batch_size']}, "
          f"{d['threads']} threads, OMP_WAIT_POLICY {d.get('omp_wait_policy')}, amp {d['amp']})", '',
          f"- tokens: context {tok['context']} (per mask step), {tok['targets_per_image']} target blocks of {tok['target_block']}",
          f"- **{d['img_per_s']:.1f} img/s** ({1e3 * d['step_s_median']:.0f} ms per step, median of {len(d['step_s_all'])}; "
@@ -500,7 +504,7 @@ def main_options(args):
     out.update(shim=shim, parts=sorted(parts), runs={})
     plan = []
     for s in args.settings.split(','):
-        per = args.rounds or (3 if s == 'quick_validation' else 1)       # timed rounds per process
+        per = args.rounds or (3 if s == 'quick_validation' else 2)       # timed rounds per process
         cands = (OPTION_CANDIDATES if s == 'quick_validation' else ('fp32', 'bf16', 'onednn_flag', 'threads1')) \
             if 'inproc' in parts else ('fp32', 'bf16')
         w = lambda c, extra=(): ['--worker-options', s, '--rounds', str(per), '--cands', ','.join(c), *extra]
@@ -641,7 +645,8 @@ def worker_curve(args) -> dict:
     tr = Trainer(cfg, out_dir=out_dir, quiet=True)
     t0 = time.perf_counter()
     hist = tr.fit()
-    return dict(variant=args.variant, batch=args.batch, steps=args.steps, fit_s=time.perf_counter() - t0,
+    from hjepa_nb.config import config_to_dict
+    return dict(variant=args.variant, config_values=config_to_dict(cfg), batch=args.batch, steps=args.steps, fit_s=time.perf_counter() - t0,
                 img_s=[h['img_s'] for h in hist], loss=[h['loss'] for h in hist], loss_l0=[h.get('loss_l0') for h in hist], loss_l1=[h.get('loss_l1') for h in hist],
                 maxrss_mib=maxrss_mib())
 
@@ -666,7 +671,8 @@ def worker_trainer(args) -> dict:
     hist = tr.fit()
     import shutil; shutil.rmtree(os.environ['HJEPA_CACHE'], ignore_errors=True)
     img_s = [h['img_s'] for h in hist]
-    return dict(setting=args.setting, threads=torch.get_num_threads(), workers=cfg.data.num_workers,
+    from hjepa_nb.config import config_to_dict
+    return dict(setting=args.setting, config_values=config_to_dict(cfg), threads=torch.get_num_threads(), workers=cfg.data.num_workers,
                 omp_wait_policy=os.environ.get('OMP_WAIT_POLICY', '(unset)'), steps=args.steps,
                 images_per_step=cfg.data.batch_size * cfg.optim.accum_steps, img_s=img_s,
                 img_s_median_after_first=statistics.median(img_s[1:]) if len(img_s) > 1 else img_s[0],

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import html, io, math, re, threading, time, warnings
 from pathlib import Path
+from .masks import _outline          # edge segments around a set of patches, shared with show_masks
 
 # %% auto #0
 __all__ = ['PANEL_TITLES', 'in_notebook', 'ema_smooth', 'panel_keys', 'DashboardCanvas', 'render_dashboard', 'LiveDashboard',
@@ -70,14 +71,6 @@ def _series(history: list, key: str):
 
 # %% ../nbs/11_live.ipynb #b4dfc7b9
 _TGT_RGB = [(0.9, 0.1, 0.29), (0.24, 0.71, 1.0), (1.0, 0.88, 0.1), (0.24, 0.71, 0.29), (0.96, 0.51, 0.19), (0.57, 0.12, 0.71)]
-
-def _edges(m):
-    "Unit segments (x, y in patch units) around the cells set in the bool array `m` [H, W]."
-    import numpy as np
-    p = np.pad(m, 1)
-    hr, hc = np.nonzero(p[1:, 1:-1] != p[:-1, 1:-1])      # horizontal edges at y=r, x in [c, c+1]
-    vr, vc = np.nonzero(p[1:-1, 1:] != p[1:-1, :-1])      # vertical edges at x=c, y in [r, r+1]
-    return [((c, r), (c + 1, r)) for r, c in zip(hr, hc)] + [((c, r), (c, r + 1)) for r, c in zip(vr, vc)]
 
 def _square_grid(imgs, ctx, tgts):
     "The smallest square patch grid dividing the images that holds every index."
@@ -193,7 +186,7 @@ class DashboardCanvas:
             for t, idx in enumerate(tgts):
                 over[idx[i]] = (*_TGT_RGB[t % len(_TGT_RGB)], 0.45)
                 m = np.zeros(H * W, bool); m[idx[i]] = True
-                segs[t] += [((a + x0, b), (c + x0, d)) for (a, b), (c, d) in _edges(m.reshape(H, W))]
+                segs[t] += [((a + x0, b), (c + x0, d)) for (a, b), (c, d) in _outline(m.reshape(H, W))]
             ax.imshow(over.reshape(H, W, 4), extent=ext, interpolation='nearest')
         for t, sg in enumerate(segs): ax.add_collection(LineCollection(sg, colors=[_TGT_RGB[t % len(_TGT_RGB)]], linewidths=1.5))
         ax.set_xlim(-gap / 2, n * (W + gap) - gap / 2); ax.set_ylim(H + 0.1 * H, -0.02 * H); ax.set_aspect('equal')
