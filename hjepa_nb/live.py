@@ -6,7 +6,7 @@
 from __future__ import annotations
 import html, io, math, re, threading, time, warnings
 from pathlib import Path
-from .masks import _outline          # edge segments around a set of patches, shared with show_masks
+from .masks import _outline, _infer_grid   # patch outlines and grid inference, shared with show_masks
 
 # %% auto #0
 __all__ = ['PANEL_TITLES', 'in_notebook', 'ema_smooth', 'panel_keys', 'DashboardCanvas', 'render_dashboard', 'LiveDashboard',
@@ -71,16 +71,6 @@ def _series(history: list, key: str):
 
 # %% ../nbs/11_live.ipynb #b4dfc7b9
 _TGT_RGB = [(0.9, 0.1, 0.29), (0.24, 0.71, 1.0), (1.0, 0.88, 0.1), (0.24, 0.71, 0.29), (0.96, 0.51, 0.19), (0.57, 0.12, 0.71)]
-
-def _square_grid(imgs, ctx, tgts):
-    "The smallest square patch grid dividing the images that holds every index."
-    n = max(int(ctx.max()), *(int(t.max()) for t in tgts)) + 1
-    H, W = imgs.shape[-2:]
-    g = math.isqrt(n - 1) + 1
-    while H % g or W % g:
-        g += 1
-        if g > min(H, W): raise ValueError(f"cannot infer the patch grid of images {list(imgs.shape)}; pass grid=(rows, cols)")
-    return g, g
 
 class DashboardCanvas:
     "The dashboard figure (Agg, no pyplot): metric panels and optionally a batch row, updated in place, rendered to PNG bytes."
@@ -175,7 +165,7 @@ class DashboardCanvas:
         except ImportError: imgs = (imgs - imgs.amin()) / (imgs.amax() - imgs.amin()).clamp_min(1e-8)
         ctx = batch['ctx_idx'][:n].detach().cpu().numpy()
         tgts = [t[:n].detach().cpu().numpy() for t in batch['tgt_idx']]
-        H, W = grid if grid is not None else _square_grid(imgs, ctx, tgts)
+        H, W = grid if grid is not None else _infer_grid(imgs, ctx, tgts)
         gap, segs = 0.08 * W, [[] for _ in tgts]
         for i in range(n):
             x0 = i * (W + gap)

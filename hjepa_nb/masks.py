@@ -414,7 +414,7 @@ def _infer_grid(images: Tensor, ctx_idx: Tensor, tgt_idx: list):
     g = math.isqrt(n - 1) + 1
     while H % g or W % g:
         g += 1
-        if g > min(H, W): raise ValueError(f"show_masks: cannot infer the patch grid from images {list(images.shape)}; pass grid=(rows, cols)")
+        if g > min(H, W): raise ValueError(f"cannot infer the patch grid from images {list(images.shape)}; pass grid=(rows, cols)")
     return (g, g)
 
 def show_masks(images: Tensor,   # `[B, 3, H, W]` uint8 or float (any range: min-max scaled)
