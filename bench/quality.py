@@ -27,8 +27,14 @@ def main():
     ap.add_argument('--run', default='runs/quality')
     ap.add_argument('--eval-train', type=int, default=0, help='training images for the final kNN bank / probe (0: all)')
     ap.add_argument('--eval-test', type=int, default=0, help='test images scored at the end (0: all 10,000)')
+    ap.add_argument('--replot', action='store_true', help='only redraw quality.png from quality.json and the run folder')
     ap.add_argument('overrides', nargs='*')
+    ap.add_argument('--cpu-math', default='auto', choices=('auto', 'default'),
+                    help="as hjepa-train: 'auto' restarts this process with MKL's fast fp32 kernels on AMD CPUs")
     a = ap.parse_args()
+    if a.replot: os.chdir(ROOT); return replot(Path(a.out), a.run)
+    from hjepa_nb.fastmath import relaunch
+    relaunch(a.cpu_math)              # what hjepa-train does: the kit's default math path, fp32
     os.chdir(ROOT)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(a.config, a.overrides + [f'train.out_dir={a.run}', 'log.progress=false'])
@@ -67,22 +73,41 @@ def main():
     eval_min = (time.time() - t1) / 60
     curve = [(r['step'], r['knn_acc']) for r in read_metrics(cfg.train.out_dir) if 'knn_acc' in r]
     summary = {k: {'knn': v['knn']['acc'], 'linear': v['linear']['acc']} for k, v in res.items()}
-    report = dict(command='python bench/quality.py ' + ' '.join(sys.argv[1:]), config=a.config, overrides=a.overrides,
+    report = dict(command='python bench/quality.py ' + ' '.join(sys.argv[1:]), config=a.config, cpu_math=os.environ.get('HJEPA_CPU_MATH', a.cpu_math), overrides=a.overrides,
                   budget_min=a.minutes, train_min=round(train_min, 2), eval_min=round(eval_min, 2), steps=tr.step,
                   images_seen=tr.step * cfg.data.batch_size * cfg.optim.accum_steps, img_s_calibration=round(img_s, 1),
                   threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine(), torch=torch.__version__,
                   summary=summary, knn_curve=curve, details=res)
     (out / 'quality.json').write_text(json.dumps(report, indent=1))
     print(json.dumps(dict(summary=summary, steps=tr.step, train_min=report['train_min']), indent=1))
+    plot(report, read_metrics(cfg.train.out_dir), out / 'quality.png')
+
+def plot(report: dict, rows: list, path):
+    "kNN accuracy over training beside the baselines, and the collapse metrics of the same run."
     try:
         import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(*zip(*curve), 'o-', label='H-JEPA (kNN, 1k test subset)')
-        ax.axhline(summary['random_init']['knn'], ls='--', c='gray', label='random init (kNN, full test)')
-        ax.axhline(summary['raw_pixels']['knn'], ls=':', c='k', label='raw pixels (kNN, full test)')
-        ax.set_xlabel('optimizer step'); ax.set_ylabel('kNN accuracy (%)'); ax.legend(); ax.set_title(f'CIFAR-10, {a.minutes:g} min on this CPU')
-        fig.tight_layout(); fig.savefig(out / 'quality.png', dpi=100)
-    except Exception as e: print('no plot:', e)
+    except ImportError as e: print('no plot:', e); return
+    summ, curve = report['summary'], report['knn_curve']
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax.plot(*zip(*curve), 'o-', label='H-JEPA during training (5k bank, 1k test)')
+    ax.plot([report['steps']], [summ['trained']['knn']], 's', c='tab:blue', ms=9, label='H-JEPA final (full test)')
+    ax.axhline(summ['random_init']['knn'], ls='--', c='gray', label='random init (full test)')
+    ax.axhline(summ['raw_pixels']['knn'], ls=':', c='k', label='raw pixels (full test)')
+    ax.set_xlabel('optimizer step'); ax.set_ylabel('20-NN accuracy (%)'); ax.legend(fontsize=8)
+    ax.set_title(f"CIFAR-10 kNN, {report['budget_min']:g} min on this CPU ({report['images_seen'] / 50000:.1f} epochs)", fontsize=10)
+    mon = [r for r in rows if 'target_rank' in r]
+    if mon:
+        st = [r['step'] for r in mon]
+        ax2.plot(st, [r['target_rank'] for r in mon], 'o-', label='target effective rank')
+        ax2.plot(st, [r['embed_rank'] for r in mon], 's-', label='pooled-embedding effective rank')
+        ax2.set_xlabel('optimizer step'); ax2.set_ylabel('effective rank (RankMe)'); ax2.legend(fontsize=8, loc='upper left')
+        b = ax2.twinx(); b.plot(st, [r['target_cos'] for r in mon], 'r^--', label='target mean cosine'); b.set_ylabel('mean cosine', color='r')
+        b.legend(fontsize=8, loc='upper right'); ax2.set_title('collapse monitor (held-out batch)', fontsize=10)
+    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+
+def replot(out: Path, run: str):
+    "Redraw quality.png from quality.json and the run's metrics.jsonl (no training)."
+    plot(json.loads((out / 'quality.json').read_text()), read_metrics(run), out / 'quality.png')
 
 if __name__ == '__main__':
     main()

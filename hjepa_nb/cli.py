@@ -20,6 +20,20 @@ def _fail(prog: str, e: BaseException, code: int = 2):
     print(f"{prog}: error: {msg}", file=sys.stderr)
     sys.exit(code)
 
+def _fast_math(prog: str, mode: str, device: str = 'auto', quiet: bool = False):
+    "Restart this process once with MKL's fast fp32 kernels where that helps (see `15_fastmath`); say so in one line."
+    from hjepa_nb.fastmath import relaunch, ENV_VAR
+    import os
+    if os.environ.get(ENV_VAR) == 'shim':
+        if not quiet and int(os.environ.get('RANK', 0)) == 0:
+            print(f"{prog}: fp32 math: MKL's AVX2/AVX-512 kernels (vendor-check shim; train.cpu_math=default turns it off)", file=sys.stderr)
+        return
+    if device.startswith('cuda'): return
+    if device == 'auto':
+        import torch
+        if torch.cuda.is_available(): return
+    relaunch(mode)
+
 def train_main(config: str, overrides=(), out: str | None = None, resume: bool = False, quiet: bool = False):
     "What `hjepa-train` runs (returns nothing: a console script's return value becomes its exit status)."
     from hjepa_nb.train import Trainer, TrainingDiverged
@@ -29,6 +43,7 @@ def train_main(config: str, overrides=(), out: str | None = None, resume: bool =
         ov = list(overrides or [])
         if out: ov.append(f'train.out_dir={out}')
         cfg = load_config(config, ov)
+        _fast_math(prog, cfg.train.cpu_math, cfg.train.device, quiet)
         tr = Trainer(cfg, resume=resume, quiet=quiet)
         tr.fit()
         if tr.is_main and not quiet:
@@ -59,6 +74,7 @@ def hjepa_eval(checkpoint: Param("checkpoint file written by hjepa-train (last.p
     "Evaluate frozen target-encoder features of a checkpoint: kNN (and linear probe) accuracy per class and overall."
     prog = 'hjepa-eval'
     try:
+        _fast_math(prog, 'auto', quiet=True)
         from hjepa_nb.evaluate import evaluate_checkpoint
         evaluate_checkpoint(checkpoint, data=data, overrides=list(overrides or []), linear=linear, out=out)
     except _USER_ERRORS as e: _fail(prog, e)
@@ -68,7 +84,7 @@ def hjepa_eval(checkpoint: Param("checkpoint file written by hjepa-train (last.p
 def run_cli(prog: str, *args, cwd=None, timeout=600):
     "Run console script `prog` ('hjepa-train' or 'hjepa-eval') with `args` in a subprocess; returns the CompletedProcess."
     import shutil, subprocess
-    fn = {'hjepa-train': 'hjepa_train', 'hjepa-eval': 'hjepa_eval'}[prog]
+    if prog not in ('hjepa-train', 'hjepa-eval'): raise ValueError(f"run_cli: unknown program {prog!r}")
     exe = shutil.which(prog)
-    cmd = [exe] if exe else [sys.executable, '-c', f'from hjepa_nb.cli import {fn}; {fn}()']
-    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    if exe is None: raise FileNotFoundError(f"{prog} is not on PATH (install the package: pip install -e .)")
+    return subprocess.run([exe] + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=timeout)

@@ -104,6 +104,8 @@ class TrainConfig:
     amp: str = opt('auto', 'autocast: auto (bf16 on CUDA, fp32 on CPU), bf16, or none', choices=('auto', 'bf16', 'none'))
     compile: bool = opt(False, 'torch.compile the model')
     threads: int = opt(0, 'torch CPU threads (0: all cores)', lo=0)
+    cpu_math: str = opt('auto', "fp32 matmul path: auto (hjepa-train preloads MKL's vendor-check shim on AMD CPUs: see 15_fastmath) or default",
+                        choices=('auto', 'default'))
     out_dir: str = opt('runs/default', 'run folder: checkpoints, metrics.jsonl, TensorBoard')
     ckpt_every: int = opt(500, 'write last.pt every N optimizer steps (and at each epoch end)', lo=1)
     keep_best: int = opt(3, 'best checkpoints kept by the monitored metric', lo=0)

@@ -50,9 +50,11 @@ class CollapseMonitor:
     def __init__(self, every: int = 50,         # optimizer steps between checks (0: off)
                  std_min: float = 0.1,          # warn when std < std_min / sqrt(D) (healthy: ~1 / sqrt(D))
                  rank_min: float = 2.0,         # warn when the effective rank < rank_min (collapsed: ~1)
+                 rank_drop: float = 0.5,        # warn when a rank falls below rank_drop x its first measured value (partial collapse)
                  max_rows: int = 4096,          # rows kept for the SVD
                  warn: bool = True):
         self.every, self.std_min, self.rank_min, self.max_rows, self.warn = every, std_min, rank_min, max_rows, warn
+        self.rank_drop, self.first = rank_drop, None     # `first`: the metrics of the first check, the baseline for rank_drop
         self.history = []
 
     @classmethod
@@ -86,6 +88,10 @@ class CollapseMonitor:
             if std < self.std_min / math.sqrt(d):
                 bad.append(f"{name} std {std:.3g} < std_min/sqrt(D) = {self.std_min}/sqrt({d}) = {self.std_min / math.sqrt(d):.3g}")
             if rank < self.rank_min: bad.append(f"{name} effective rank {rank:.3g} < rank_min = {self.rank_min}")
+            elif self.first is not None and self.rank_drop and rank < self.rank_drop * self.first[f'{name}_rank']:
+                bad.append(f"{name} effective rank {rank:.3g} fell below rank_drop = {self.rank_drop} x its first value "
+                           f"{self.first[f'{name}_rank']:.3g} (partial collapse)")
+        if self.first is None: self.first = dict(m)
         if bad and self.warn:
             at = f" at step {step}" if step is not None else ''
             warnings.warn(f"representation collapse{at}: " + '; '.join(bad) +

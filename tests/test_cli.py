@@ -64,6 +64,20 @@ def test_sigterm_writes_last_checkpoint(tmp_path, tiny):
     st = load_checkpoint(run / 'last.pt')
     assert st['step'] >= 3 and 'last.pt written' in err
 
+def test_cpu_math_restart_and_switch(tmp_path, tiny):
+    "On an AMD CPU hjepa-train restarts itself with MKL's fast kernels, says so, and trains the same run to fp32 rounding."
+    from hjepa_nb.fastmath import cpu_math_plan
+    ov = [*tiny, 'train.max_steps=4', 'log.every=1']
+    env = {'HJEPA_CPU_MATH': '', 'LD_PRELOAD': ''}
+    fast = cli('hjepa-train', 'configs/demo.yaml', *ov, '--out', tmp_path / 'a', env=env)
+    plain = cli('hjepa-train', 'configs/demo.yaml', *ov, 'train.cpu_math=default', '--out', tmp_path / 'b', env=env)
+    assert fast.returncode == 0 and plain.returncode == 0, (fast.stderr[-2000:], plain.stderr[-2000:])
+    assert 'fp32 math' not in plain.stderr
+    assert ('fp32 math: MKL' in fast.stderr) == (cpu_math_plan('auto').preload is not None), fast.stderr[-2000:]
+    a, b = read_metrics(tmp_path / 'a'), read_metrics(tmp_path / 'b')
+    assert [x['step'] for x in a] == [x['step'] for x in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b): assert abs(x['loss'] - y['loss']) <= 1e-3 * abs(y['loss']), (x['loss'], y['loss'])
+
 # --- bad input: one clear line naming the culprit, exit code 2, nothing saved is lost ----------------
 
 def _one_line_error(r, *needles):
