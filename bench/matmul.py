@@ -47,19 +47,13 @@ SHAPES = {  # name: (M, K, N) of [M,K] @ [K,N]
 QUICK_SHAPES = ['square_1024', 'vit_qkv_224_b8']
 CANDIDATES = ['default', 'nt_layout', 'onednn_flag', 'mkldnn_linear', 'bf16']
 
-SHIM_C = 'int mkl_serv_intel_cpu_true(void){return 1;}\n'
-
-
 # ---------------------------------------------------------------------------------------------
 def build_shim(dirname: str | None = None) -> str | None:
-    "Compile the MKL vendor-check shim into `dirname` (a temp dir by default); its path, or None without gcc."
-    if shutil.which('gcc') is None: return None
-    d = Path(dirname or tempfile.mkdtemp(prefix='mklshim_'))
-    d.mkdir(parents=True, exist_ok=True)
-    (d / 'mklshim.c').write_text(SHIM_C)
-    so = d / 'libmklshim.so'
-    subprocess.run(['gcc', '-shared', '-fPIC', '-O2', '-o', str(so), str(d / 'mklshim.c')], check=True)
-    return str(so)
+    "The MKL vendor-check shim the library itself uses (hjepa_nb.fastmath.build_shim); its path, or None without a C compiler."
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from hjepa_nb.fastmath import build_shim as _build
+    so = _build(dirname)
+    return str(so) if so else None
 
 
 def mkl_linkage() -> dict:
