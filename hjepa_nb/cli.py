@@ -28,10 +28,8 @@ def _fast_math(prog: str, mode: str, device: str = 'auto', quiet: bool = False):
         if not quiet and int(os.environ.get('RANK', 0)) == 0:
             print(f"{prog}: fp32 math: MKL's AVX2/AVX-512 kernels (vendor-check shim; train.cpu_math=default turns it off)", file=sys.stderr)
         return
-    if device.startswith('cuda'): return
-    if device == 'auto':
-        import torch
-        if torch.cuda.is_available(): return
+    from hjepa_nb.config import get_device
+    if get_device(device).type == 'cuda': return        # the shim speeds up CPU matmuls only
     relaunch(mode)
 
 def train_main(config: str, overrides=(), out: str | None = None, resume: bool = False, quiet: bool = False):

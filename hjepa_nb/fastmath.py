@@ -44,9 +44,6 @@ def mkl_code_path() -> int | None:
     return int(fn())
 
 # %% ../nbs/15_fastmath.ipynb #febe0e57
-def _cache_dir() -> Path:
-    return Path(os.environ.get('HJEPA_CACHE', Path.home() / '.cache' / 'hjepa_nb'))
-
 def find_compiler() -> str | None:
     "A C compiler on PATH (`$CC`, cc, gcc, clang), or None."
     for c in (os.environ.get('CC'), 'cc', 'gcc', 'clang'):
@@ -55,7 +52,8 @@ def find_compiler() -> str | None:
 
 def build_shim(cache_dir: str | Path | None = None) -> Path | None:
     "Compile (once) the MKL vendor-check shim; its path, or None when there is no C compiler or the build fails."
-    d = Path(cache_dir) if cache_dir else _cache_dir() / 'mklshim'
+    from hjepa_nb.data import cache_dir as kit_cache      # the kit's one cache folder ($HJEPA_CACHE)
+    d = Path(cache_dir) if cache_dir else kit_cache() / 'mklshim'
     so = d / f"libhjepa_mklshim-{hashlib.sha1(SHIM_SOURCE.encode()).hexdigest()[:10]}.so"
     if so.exists(): return so
     cc = find_compiler()
@@ -116,11 +114,15 @@ _PROBE = ("import torch, json; from hjepa_nb.fastmath import mkl_code_path; torc
           "print(json.dumps({'code': mkl_code_path(), 'err': ((b - a @ a).norm() / (a @ a).norm()).item(), "
           "'sum': b.sum().item()}))")
 
-def probe_process(env: dict | None = None) -> dict:
-    "MKL's code path and a 256^2 fp32 matmul's relative error vs fp64, measured in a fresh process with `env`."
-    r = subprocess.run([sys.executable, '-c', _PROBE], env=env, capture_output=True, text=True, timeout=120)
+def _python_json(code: str, env: dict | None, timeout: float):
+    "Run `code` in a fresh Python with `env`; the JSON value on its last line of output."
+    r = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=timeout)
     if r.returncode: raise RuntimeError(f"probe process failed: {r.stderr.strip().splitlines()[-1:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+def probe_process(env: dict | None = None) -> dict:
+    "MKL's code path and a 256^2 fp32 matmul's relative error vs fp64, measured in a fresh process with `env`."
+    return _python_json(_PROBE, env, 120)
 
 # %% ../nbs/15_fastmath.ipynb #fbc17f24
 def relaunch(mode: str = 'auto', argv: list | None = None) -> CpuMathPlan:
@@ -154,6 +156,4 @@ _TIME = ("import torch, time, json; a = torch.randn(1024, 1024); [a @ a for _ in
 
 def matmul_gflops(env: dict | None = None) -> float:
     "Median fp32 GFLOP/s of a 1024^2 `torch.mm` in a fresh process started with `env`."
-    r = subprocess.run([sys.executable, '-c', _TIME], env=env, capture_output=True, text=True, timeout=300)
-    if r.returncode: raise RuntimeError(r.stderr.strip().splitlines()[-1:])
-    return float(r.stdout.strip().splitlines()[-1])
+    return float(_python_json(_TIME, env, 300))
