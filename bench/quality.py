@@ -1,113 +1,175 @@
-"""Quality benchmark: train configs/cifar10_tiny.yaml on ../shared/data/cifar10 for a fixed wall-clock budget on this
-machine, then score kNN (k=20) and a linear probe on the 10,000 test images, beside two baselines measured the same
-way in the same run: raw pixels, and the same encoder at random initialisation.
+"""Quality benchmark: train a config on ../shared/data/cifar10 for a budget of images seen (or of minutes), then score
+20-NN and a linear probe of the trained encoders beside two baselines measured the same way in the same run: raw
+pixels, and the same encoder at random initialisation.
 
-    python bench/quality.py --minutes 30            # writes bench/results/quality.json and quality.png
+    python bench/quality.py --epochs 2                      # 100,000 images; writes bench/results/quality.json + .png
+    python bench/quality.py --epochs 0.2 --eval-train 10000 --eval-test 2000 --name lr5e-4 optim.lr=5e-4
+    python bench/quality.py --minutes 30                    # the old wall-clock budget (sized by a calibration run)
 
-The budget covers training only (a short calibration run sets max_steps so the LR and EMA schedules finish inside
-it); feature extraction and probes come after and are timed separately.
+The schedules (LR warm-up over the first tenth, cosine, weight decay, EMA) are sized to the budget. The kNN curve
+during training and its baselines are scored on the same bank / test subsets (--curve-train / --curve-test); the
+final figures on --eval-train / --eval-test (0: all 50,000 / 10,000). Both encoders are scored at the end: the EMA
+target (I-JEPA's choice) and the context encoder. Wall-clock, img/s and the CPU are reported beside the budget.
 """
-import argparse, json, math, os, platform, sys, time
+import argparse, json, os, platform, shutil, sys, time
 from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from hjepa_nb.config import load_config, seed_everything
+from hjepa_nb.config import load_config, seed_everything, config_to_dict
 from hjepa_nb.data import build_datasets
 from hjepa_nb.hjepa import HJEPA
 from hjepa_nb.train import Trainer, read_metrics
 from hjepa_nb.evaluate import eval_datasets, evaluate_embed, pixel_features
 
+def cpu_name() -> str:
+    "The CPU's model name (what every figure must say it came from)."
+    try:
+        for l in Path('/proc/cpuinfo').read_text().splitlines():
+            if l.startswith('model name'): return l.split(':', 1)[1].strip() + f' ({os.cpu_count()} cores)'
+    except OSError: pass
+    return platform.processor() or platform.machine()
+
+def calibrate(config, overrides, run, datasets) -> float:
+    "Training img/s of `config` on this machine now, from a 12-step run."
+    cal = load_config(config, overrides + [f'train.out_dir={run}_cal', 'train.max_steps=12', 'eval.every=0', 'log.progress=false',
+                                           'log.tensorboard=false', 'log.monitor_every=0', 'log.every=1'])
+    shutil.rmtree(cal.train.out_dir, ignore_errors=True)
+    rows = Trainer(cal, datasets=datasets, quiet=True).fit()
+    shutil.rmtree(cal.train.out_dir, ignore_errors=True)
+    return sum(r['img_s'] for r in rows[4:]) / len(rows[4:])
+
+def score(model_or_fn, etr, ete, encoder=None, linear=True) -> dict:
+    "kNN (and linear probe) of one encoder (or a feature function) on the given bank / test sets."
+    fn = model_or_fn if encoder is None else (lambda x: model_or_fn.embed(x, encoder))
+    r = evaluate_embed(fn, etr, ete, linear=linear)
+    return {'knn': r['knn']['acc'], **({'linear': r['linear']['acc']} if linear else {}), 'n_train': r['n_train'], 'n_test': r['n_test']}
+
+def baselines(cfg, rnd, etr, ete) -> dict:
+    "Random-init and raw-pixel scores; cached under runs/baselines/ by (model settings, seed, sizes), which decide them."
+    import hashlib
+    key = json.dumps([config_to_dict(cfg)['model'], cfg.train.seed, cfg.data.root, cfg.data.img_size if hasattr(cfg.data, 'img_size') else 0,
+                      len(etr), len(ete)], sort_keys=True)
+    f = ROOT / 'runs' / 'baselines' / (hashlib.sha1(key.encode()).hexdigest()[:16] + '.json')
+    if f.exists(): return json.loads(f.read_text())['res']
+    res = dict(random_init=score(rnd, etr, ete, 'target'), raw_pixels=score(pixel_features, etr, ete))
+    f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(dict(key=key, res=res)))
+    return res
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--minutes', type=float, default=30.)
+    ap.add_argument('--epochs', type=float, default=0., help='budget in passes over the 50,000 training images')
+    ap.add_argument('--minutes', type=float, default=0., help='budget in minutes of training (sized by a calibration run)')
     ap.add_argument('--config', default='configs/cifar10_tiny.yaml')
-    ap.add_argument('--out', default='bench/results')
+    ap.add_argument('--out', default='bench/results/quality.json', help='result json (a .png of the same name beside it)')
     ap.add_argument('--run', default='runs/quality')
+    ap.add_argument('--name', default='', help='a label for the recipe table')
     ap.add_argument('--eval-train', type=int, default=0, help='training images for the final kNN bank / probe (0: all)')
     ap.add_argument('--eval-test', type=int, default=0, help='test images scored at the end (0: all 10,000)')
-    ap.add_argument('--replot', action='store_true', help='only redraw quality.png from quality.json and the run folder')
-    ap.add_argument('overrides', nargs='*')
-    ap.add_argument('--cpu-math', default='auto', choices=('auto', 'default'),
+    ap.add_argument('--curve-train', type=int, default=5000, help='kNN bank during training (baselines use the same)')
+    ap.add_argument('--curve-test', type=int, default=1000, help='test images scored during training')
+    ap.add_argument('--curve-points', type=int, default=8)
+    ap.add_argument('--warmup', type=float, default=0.1, help='LR warm-up as a fraction of the budget (unless optim.warmup_epochs is given)')
+    ap.add_argument('--replot', action='store_true', help='only redraw the .png from the json and the run folder')
+    ap.add_argument('--cpu-math', default='default', choices=('auto', 'default'),
                     help="as hjepa-train: 'auto' restarts this process with MKL's fast fp32 kernels on AMD CPUs")
+    ap.add_argument('overrides', nargs='*')
     a = ap.parse_args()
-    if a.replot: os.chdir(ROOT); return replot(Path(a.out), a.run)
-    from hjepa_nb.fastmath import relaunch
-    relaunch(a.cpu_math)              # what hjepa-train does: the kit's default math path, fp32
+    out = Path(a.out)
+    if a.replot:
+        os.chdir(ROOT); rep = json.loads(out.read_text()); return plot(rep, read_metrics(rep['run']), out.with_suffix('.png'))
+    if bool(a.epochs) == bool(a.minutes): ap.error('give one budget: --epochs E or --minutes M')
+    if a.cpu_math == 'auto':
+        from hjepa_nb.fastmath import relaunch
+        relaunch('auto')
     os.chdir(ROOT)
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(a.config, a.overrides + [f'train.out_dir={a.run}', 'log.progress=false'])
-    train_ds, test_ds = build_datasets(cfg)
-    # calibrate: time a few steps to size the run to the budget
-    cal = load_config(a.config, a.overrides + [f'train.out_dir={a.run}_cal', 'train.max_steps=12', 'eval.every=0',
-                                               'log.progress=false', 'log.tensorboard=false', 'log.monitor_every=0', 'log.every=1'])
-    import shutil; shutil.rmtree(cal.train.out_dir, ignore_errors=True)
-    rows = Trainer(cal, datasets=(train_ds, test_ds), quiet=True).fit()
-    img_s = sum(r['img_s'] for r in rows[4:]) / len(rows[4:])
-    step_s = cfg.data.batch_size * cfg.optim.accum_steps / img_s
-    eval_frac = 0.08 if cfg.eval.every else 0.0       # time kNN checks take during training, measured roughly
-    steps = int(a.minutes * 60 * (1 - eval_frac) / step_s)
-    le = cfg.log.every
-    every = max(le, (steps // 12) // le * le)      # kNN on logging steps, about 12 points on the curve
-    print(f'calibration: {img_s:.0f} img/s, {step_s*1000:.0f} ms/step -> {steps} steps in {a.minutes} min, kNN every {every}')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base = load_config(a.config, a.overrides)
+    datasets = build_datasets(base)
+    n_train = len(datasets[0])
+    epochs, cal = a.epochs, None
+    if a.minutes:
+        cal = calibrate(a.config, a.overrides, a.run, datasets)
+        epochs = round(a.minutes * 60 * cal / n_train, 4)
+        print(f'calibration: {cal:.0f} img/s -> {epochs} epochs in {a.minutes} min')
+    spe = n_train // base.data.batch_size / base.optim.accum_steps
+    steps = max(1, round(epochs * spe))
+    le = base.log.every
+    every = max(le, (steps // a.curve_points) // le * le)       # kNN on logging steps
+    warm = [] if any(o.startswith('optim.warmup_epochs=') for o in a.overrides) else [f'optim.warmup_epochs={round(a.warmup * epochs, 4)}']
+    cfg = load_config(a.config, warm + a.overrides + [
+        f'train.out_dir={a.run}', 'log.progress=false', f'train.epochs={epochs}', 'train.max_steps=0', f'eval.every={every}',
+        f'eval.train_subset={a.curve_train}', f'eval.test_subset={a.curve_test}', f'train.time_limit={a.minutes * 1.1 if a.minutes else 0}'])
     shutil.rmtree(cfg.train.out_dir, ignore_errors=True)
-    spe = len(train_ds) // cfg.data.batch_size / cfg.optim.accum_steps
-    warm = round(0.1 * steps / spe, 4)                # warm up over the first tenth of the budget
-    cfg = load_config(a.config, [f'optim.warmup_epochs={warm}'] + a.overrides +
-                      [f'train.out_dir={a.run}', 'log.progress=false', f'train.max_steps={steps}', f'eval.every={every}',
-                       f'train.time_limit={a.minutes}'])   # the budget holds even when the machine is slower than calibrated
-    t0 = time.time()
-    tr = Trainer(cfg, datasets=(train_ds, test_ds), quiet=True)
-    tr.fit()
-    train_min = (time.time() - t0) / 60
-    # final scores on all 10,000 test images, all 50,000 training images as bank / probe training set
-    t1 = time.time()
-    etr, ete = eval_datasets(cfg, train_ds, test_ds, a.eval_train, a.eval_test)
-    model = tr.model.eval()
-    res = {'trained': evaluate_embed(model.embed, etr, ete, linear=True)}
     seed_everything(cfg.train.seed)
-    rnd = HJEPA.from_config(cfg).eval()
-    res['random_init'] = evaluate_embed(rnd.embed, etr, ete, linear=True)
-    res['raw_pixels'] = evaluate_embed(pixel_features, etr, ete, linear=True)
-    eval_min = (time.time() - t1) / 60
-    curve = [(r['step'], r['knn_acc']) for r in read_metrics(cfg.train.out_dir) if 'knn_acc' in r]
-    summary = {k: {'knn': v['knn']['acc'], 'linear': v['linear']['acc']} for k, v in res.items()}
-    report = dict(command='python bench/quality.py ' + ' '.join(sys.argv[1:]), config=a.config, cpu_math=os.environ.get('HJEPA_CPU_MATH', a.cpu_math), overrides=a.overrides,
-                  budget_min=a.minutes, train_min=round(train_min, 2), eval_min=round(eval_min, 2), steps=tr.step,
-                  images_seen=tr.step * cfg.data.batch_size * cfg.optim.accum_steps, img_s_calibration=round(img_s, 1),
-                  threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine(), torch=torch.__version__,
-                  summary=summary, knn_curve=curve, details=res)
-    (out / 'quality.json').write_text(json.dumps(report, indent=1))
-    print(json.dumps(dict(summary=summary, steps=tr.step, train_min=report['train_min']), indent=1))
-    plot(report, read_metrics(cfg.train.out_dir), out / 'quality.png')
+    rnd = HJEPA.from_config(cfg).eval()                          # the random-init baseline (same seed as the run)
+    # the curve's baselines, on the curve's own bank / test subsets
+    ctr, cte = eval_datasets(cfg, *datasets, a.curve_train, a.curve_test)
+    curve_base = dict(random_init=score(rnd, ctr, cte, 'target', linear=False)['knn'],
+                      raw_pixels=score(pixel_features, ctr, cte, linear=False)['knn'])
+    t0 = time.time()
+    tr = Trainer(cfg, datasets=datasets, quiet=True)
+    tr.fit()
+    train_s = time.time() - t0
+    rows = read_metrics(cfg.train.out_dir)
+    knn_s = sum(r.get('knn_s', 0) for r in rows)
+    t1 = time.time()
+    etr, ete = eval_datasets(cfg, *datasets, a.eval_train, a.eval_test)
+    model = tr.model.eval()
+    res = dict(target=score(model, etr, ete, 'target'), context=score(model, etr, ete, 'context'), **baselines(cfg, rnd, etr, ete))
+    eval_s = time.time() - t1
+    images = tr.step * cfg.data.batch_size * cfg.optim.accum_steps
+    scored = cfg.eval.encoder
+    summary = {k: {'knn': round(v['knn'], 2), 'linear': round(v['linear'], 2)} for k, v in res.items()}
+    gain = {m: round(summary[scored][m] - summary['random_init'][m], 2) for m in ('knn', 'linear')}
+    mon = [r for r in rows if 'target_rank' in r]
+    report = dict(name=a.name, command='python bench/quality.py ' + ' '.join(sys.argv[1:]), config=a.config, overrides=a.overrides,
+                  run=cfg.train.out_dir, seed=cfg.train.seed, budget_epochs=epochs, budget_min=a.minutes or None,
+                  steps=tr.step, images_seen=images, epochs_seen=round(images / n_train, 3),
+                  train_min=round(train_s / 60, 2), eval_min=round(eval_s / 60, 2),
+                  img_s=round(images / max(1e-9, train_s - knn_s), 1), img_s_calibration=cal and round(cal, 1),
+                  cpu=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__, amp=cfg.train.amp,
+                  cpu_math=os.environ.get('HJEPA_CPU_MATH', a.cpu_math), scored_encoder=scored, gain_vs_random=gain,
+                  summary=summary, eval_sizes=[res['target']['n_train'], res['target']['n_test']],
+                  curve_sizes=[len(ctr), len(cte)], curve_baselines=curve_base,
+                  knn_curve=[(r['step'], r['knn_acc']) for r in rows if 'knn_acc' in r],
+                  final_monitor=mon[-1] if mon else None, first_monitor=mon[0] if mon else None,
+                  final_loss=next((r['loss'] for r in reversed(rows) if 'loss' in r), None))
+    out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(dict(name=a.name, summary=summary, gain=gain, steps=tr.step, train_min=report['train_min'], img_s=report['img_s'])))
+    plot(report, rows, out.with_suffix('.png'))
+    try:
+        from hjepa_nb.monitor import pca_figure
+        pca_figure({'random init': rnd, f'after {report["epochs_seen"]:g} epochs': model}, ete, path=out.with_name(out.stem + '_pca.png'))
+    except ImportError: pass
 
 def plot(report: dict, rows: list, path):
-    "kNN accuracy over training beside the baselines, and the collapse metrics of the same run."
+    "kNN accuracy over training beside both baselines (same bank / test sizes), and the content diagnostics of the run."
     try:
         import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
     except ImportError as e: print('no plot:', e); return
-    summ, curve = report['summary'], report['knn_curve']
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax.plot(*zip(*curve), 'o-', label='H-JEPA during training (5k bank, 1k test)')
-    ax.plot([report['steps']], [summ['trained']['knn']], 's', c='tab:blue', ms=9, label='H-JEPA final (full test)')
-    ax.axhline(summ['random_init']['knn'], ls='--', c='gray', label='random init (full test)')
-    ax.axhline(summ['raw_pixels']['knn'], ls=':', c='k', label='raw pixels (full test)')
+    summ, curve, cb = report['summary'], report['knn_curve'], report['curve_baselines']
+    ntr, nte = report['curve_sizes']
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    if curve: ax.plot(*zip(*curve), 'o-', label=f'H-JEPA target encoder ({ntr // 1000}k bank, {nte // 1000}k test)')
+    ax.axhline(cb['random_init'], ls='--', c='gray', label='random init (same sizes)')
+    ax.axhline(cb['raw_pixels'], ls=':', c='k', label='raw pixels (same sizes)')
     ax.set_xlabel('optimizer step'); ax.set_ylabel('20-NN accuracy (%)'); ax.legend(fontsize=8)
-    ax.set_title(f"CIFAR-10 kNN, {report['budget_min']:g} min on this CPU ({report['images_seen'] / 50000:.1f} epochs)", fontsize=10)
-    mon = [r for r in rows if 'target_rank' in r]
+    s = summ[report['scored_encoder']]
+    ax.set_title(f"CIFAR-10, {report['epochs_seen']:g} epochs: final kNN {s['knn']:.1f} / linear {s['linear']:.1f} "
+                 f"(random {summ['random_init']['knn']:.1f} / {summ['random_init']['linear']:.1f})", fontsize=9)
+    mon = [r for r in rows if 'loss_ctxfree' in r]
     if mon:
         st = [r['step'] for r in mon]
-        ax2.plot(st, [r['target_rank'] for r in mon], 'o-', label='target effective rank')
-        ax2.plot(st, [r['embed_rank'] for r in mon], 's-', label='pooled-embedding effective rank')
-        ax2.set_xlabel('optimizer step'); ax2.set_ylabel('effective rank (RankMe)'); ax2.legend(fontsize=8, loc='upper left')
-        b = ax2.twinx(); b.plot(st, [r['target_cos'] for r in mon], 'r^--', label='target mean cosine'); b.set_ylabel('mean cosine', color='r')
-        b.legend(fontsize=8, loc='upper right'); ax2.set_title('collapse monitor (held-out batch)', fontsize=10)
-    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
-
-def replot(out: Path, run: str):
-    "Redraw quality.png from quality.json and the run's metrics.jsonl (no training)."
-    plot(json.loads((out / 'quality.json').read_text()), read_metrics(run), out / 'quality.png')
+        ax2.plot(st, [r['loss_eval'] for r in mon], 'o-', label='loss (held-out batch)')
+        ax2.plot(st, [r['loss_ctxfree'] for r in mon], 's--', label='context-free loss (position means)')
+        ax2.plot(st, [r['loss_other'] for r in mon], '^:', label='loss, context from another image')
+        ax2.set_xlabel('optimizer step'); ax2.set_ylabel('fine-level loss'); ax2.legend(fontsize=8, loc='upper right')
+        b = ax2.twinx(); b.plot(st, [r['energy_image'] for r in mon], 'r.-', label='image-specific share of target energy')
+        b.set_ylabel('image-specific share', color='r'); b.set_ylim(0, 1)
+        ax2.set_title('does the prediction use the image?', fontsize=9)
+    fig.tight_layout(); fig.savefig(path, dpi=90); plt.close(fig)
 
 if __name__ == '__main__':
     main()

@@ -62,6 +62,10 @@ class LossConfig:
     kind: str = opt('smoothl1', 'regression loss', choices=('smoothl1', 'mse'))
     hierarchy_weights: list = opt([1.0, 0.5], 'one weight per hierarchy level, fine first')
     beta: float = opt(1.0, 'Smooth L1 beta', lo=0.0, lo_open=True)
+    target_layers: int = opt(1, 'targets: mean of the last K target-encoder blocks, each layer-normed (data2vec; 1: last only)', lo=1)
+    reg: str = opt('none', 'anti-collapse term on the pooled context embedding: none, vicreg (variance + covariance) or sigreg (LeJEPA)',
+                   choices=('none', 'vicreg', 'sigreg'))
+    reg_weight: float = opt(0.05, 'weight of loss.reg (added to the prediction loss)', lo=0.0)
 
 @dataclass
 class OptimConfig:
@@ -120,6 +124,8 @@ class EvalConfig:
     train_subset: int = opt(5000, 'training images used as the kNN bank during training (0: all)', lo=0)
     test_subset: int = opt(1000, 'test images scored during training (0: all)', lo=0)
     linear_epochs: int = opt(100, 'linear-probe epochs', lo=1)
+    encoder: str = opt('target', 'the encoder that `embed` (kNN, linear probe, export) uses: target (EMA) or context',
+                       choices=('target', 'context'))
 
 @dataclass
 class LogConfig:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from .config import Config, ConfigError, from_dict, load_config, get_device
 
 # %% auto #0
-__all__ = ['extract_features', 'pixel_features', 'knn_predict', 'accuracy_report', 'linear_probe', 'eval_datasets',
+__all__ = ['extract_features', 'pixel_features', 'knn_predict', 'accuracy_report', 'whiten', 'linear_probe', 'eval_datasets',
            'evaluate_embed', 'KNNEval', 'evaluate_checkpoint']
 
 # %% ../nbs/12_eval.ipynb #6f99f827
@@ -53,27 +53,41 @@ def accuracy_report(pred, y, classes=None) -> dict:
     return dict(acc=float((pred == y).float().mean() * 100), per_class=per)
 
 # %% ../nbs/12_eval.ipynb #f4942e46
-def linear_probe(train_f, train_y, test_f, num_classes: int | None = None, wds=(1e-5, 1e-4, 1e-3, 1e-2),
-                 max_iter: int = 100, seed: int = 0) -> torch.Tensor:
-    "Logistic regression on standardised features (L-BFGS; weight decay picked on a held-out tenth); predicted test labels."
+def whiten(train_f: torch.Tensor, *others, shrink: float = 0.1, rel_eps: float = 1e-6):
+    "Centre on `train_f`'s mean, rotate onto its principal axes and divide each by sqrt(variance + `shrink` x the mean variance)."
+    mu = train_f.mean(0)
+    xc = (train_f - mu).double()
+    e, V = torch.linalg.eigh(xc.T @ xc / max(1, len(xc) - 1))
+    keep = e > rel_eps * e.max()                   # numerically null directions dropped
+    W = (V[:, keep] / (e[keep] + shrink * e.mean()).sqrt()).float()
+    return [(x - mu) @ W for x in (train_f, *others)]
+
+def _fit_logreg(x, y, num_classes: int, wd: float, max_iter: int, seed: int):
+    "Multinomial logistic regression with L2 penalty `wd`, L-BFGS run to convergence."
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(x.shape[1], num_classes)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1, max_iter=max_iter, history_size=20, line_search_fn='strong_wolfe',
+                            tolerance_grad=1e-6, tolerance_change=1e-10)
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(lin(x), y) + wd * lin.weight.pow(2).sum()
+        loss.backward(); return loss
+    opt.step(closure)
+    return lin
+
+def linear_probe(train_f, train_y, test_f, num_classes: int | None = None, wds=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+                 max_iter: int = 1000, seed: int = 0) -> torch.Tensor:
+    "Logistic regression on whitened features (L-BFGS to convergence; weight decay picked on a held-out tenth); predicted test labels."
     num_classes = num_classes or int(train_y.max()) + 1
-    mu, sd = train_f.mean(0), train_f.std(0) + 1e-6
-    xtr, xte = (train_f - mu) / sd, (test_f - mu) / sd
-    def fit(x, y, wd):
-        torch.manual_seed(seed)
-        lin = torch.nn.Linear(x.shape[1], num_classes)
-        opt = torch.optim.LBFGS(lin.parameters(), lr=1, max_iter=max_iter, history_size=20, line_search_fn='strong_wolfe')
-        def closure():
-            opt.zero_grad()
-            loss = F.cross_entropy(lin(x), y) + wd * lin.weight.pow(2).sum()
-            loss.backward(); return loss
-        opt.step(closure)
-        return lin
+    xtr, xte = whiten(train_f.float(), test_f.float())
     perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed))
     nval = max(1, len(xtr) // 10)
     va, tr = perm[:nval], perm[nval:]
-    best = max(wds, key=lambda wd: (fit(xtr[tr], train_y[tr], wd)(xtr[va]).argmax(1) == train_y[va]).float().mean().item())
-    with torch.no_grad(): return fit(xtr, train_y, best)(xte).argmax(1)
+    def val_acc(wd):
+        lin = _fit_logreg(xtr[tr], train_y[tr], num_classes, wd, max_iter, seed)
+        with torch.no_grad(): return (lin(xtr[va]).argmax(1) == train_y[va]).float().mean().item()
+    best = max(wds, key=val_acc)
+    with torch.no_grad(): return _fit_logreg(xtr, train_y, num_classes, best, max_iter, seed)(xte).argmax(1)
 
 # %% ../nbs/12_eval.ipynb #2a0d4732
 def eval_datasets(cfg: Config, train_ds=None, test_ds=None, train_subset: int = 0, test_subset: int = 0, seed: int = 0):

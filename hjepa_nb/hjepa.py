@@ -10,7 +10,7 @@ from .config import Config, ConfigError
 from .patches import apply_masks
 from .models import Encoder, Predictor, make_target_encoder, param_report, param_counts
 from .hierarchy import check_levels, level_heads, hierarchy_levels
-from .loss import HierarchicalLoss, normalize_target
+from .loss import HierarchicalLoss, normalize_target, vicreg_reg, sigreg
 
 # %% auto #0
 __all__ = ['HJEPA']
@@ -24,7 +24,11 @@ class HJEPA(nn.Module):
                  hierarchy_weights=(1.0, 0.5),     # loss weight per level (loss.hierarchy_weights)
                  loss_kind: str = 'smoothl1',      # loss.kind
                  beta: float = 1.0,                # loss.beta
-                 hierarchy: str = 'pool'):         # 'pool': 2-D cells of the grid; 'depth': several encoder depths
+                 hierarchy: str = 'pool',          # 'pool': 2-D cells of the grid; 'depth': several encoder depths
+                 target_layers: int = 1,           # loss.target_layers: targets average the last K blocks (pool only)
+                 reg: str = 'none',                # loss.reg: none, vicreg or sigreg on the pooled context embedding
+                 reg_weight: float = 0.0,          # loss.reg_weight
+                 embed_encoder: str = 'target'):   # eval.encoder: the encoder `embed` pools
         super().__init__()
         self.grid = tuple(context_encoder.grid)
         if tuple(predictor.grid) != self.grid:
@@ -38,6 +42,14 @@ class HJEPA(nn.Module):
             raise ConfigError(f"model.levels: a hierarchy over depth needs a distinct encoder block per level; "
                               f"the encoder has {n_blocks} blocks, got model.levels={levels}")
         else: self.level_depths = [n_blocks - l * (n_blocks // levels) for l in range(levels)]
+        if not 1 <= target_layers <= n_blocks or (target_layers > 1 and hierarchy != 'pool'):
+            raise ConfigError(f"loss.target_layers: expected 1..{n_blocks} (the encoder's blocks) with model.hierarchy=pool, "
+                              f"got {target_layers} with model.hierarchy={hierarchy}")
+        if reg not in ('none', 'vicreg', 'sigreg'): raise ConfigError(f"loss.reg: expected none, vicreg or sigreg, got {reg!r}")
+        if embed_encoder not in ('target', 'context'):
+            raise ConfigError(f"eval.encoder: expected target or context, got {embed_encoder!r}")
+        self.target_depths = list(range(n_blocks - target_layers + 1, n_blocks + 1)) if target_layers > 1 else None
+        self.reg, self.reg_weight, self.embed_encoder = reg, float(reg_weight), embed_encoder
         self.criterion = HierarchicalLoss(levels, hierarchy_weights, loss_kind, beta)
         self.levels, self.hierarchy, self.embed_dim = levels, hierarchy, D
         self.context_encoder = context_encoder
@@ -59,7 +71,9 @@ class HJEPA(nn.Module):
         HierarchicalLoss.from_config(cfg)                      # weights vs levels, before building anything big
         enc = Encoder.from_config(cfg)                         # encoder name, image/patch size, widths
         pred = Predictor(enc.grid, enc.embed_dim, m.pred_dim, m.pred_depth, m.pred_heads, m.pred_mlp_ratio)
-        return cls(enc, pred, m.levels, cfg.loss.hierarchy_weights, cfg.loss.kind, cfg.loss.beta, hierarchy)
+        L = cfg.loss
+        return cls(enc, pred, m.levels, L.hierarchy_weights, L.kind, L.beta, hierarchy,
+                   L.target_layers, L.reg, L.reg_weight, cfg.eval.encoder)
 
     def train(self, mode: bool = True):
         "Train/eval as usual, except that the target encoder always stays in eval mode (no stochastic depth)."
@@ -81,10 +95,8 @@ class HJEPA(nn.Module):
                              f"got {[tuple(t.shape) for t in tgt_list]}")
         tgt = torch.cat(tgt_list, 0)                                   # [nT*B, Nt], block-major
         with torch.no_grad():                                          # norm before gather and pool (I-JEPA)
-            hs = self.target_encoder(images, depths=self.level_depths)  # [B, N, D], or one per depth
-            hs = [hs] if self.level_depths is None else hs
-            targets = [apply_masks(normalize_target(h), tgt_list) for h in hs]   # [nT*B, Nt, D] each
-        z = self.context_encoder(images, ctx_idx)                      # [B, Nc, D]
+            targets = [apply_masks(h, tgt_list) for h in self.target_features(images)]   # [nT*B, Nt, D] each
+        z = self.context_encoder(batch.get('context_images', images), ctx_idx)   # [B, Nc, D]
         if self.level_depths is None:                                  # 2-D pooling of one prediction
             pred = self.predictor(z, ctx_idx, tgt)                     # [nT*B, Nt, D]
             preds, targets, weights = hierarchy_levels(pred, targets[0], tgt, self.grid, self.heads)
@@ -92,8 +104,22 @@ class HJEPA(nn.Module):
             preds = [p(z, ctx_idx, tgt) for p in [self.predictor, *self.depth_predictors]]
             weights = [torch.ones(tgt.shape, device=tgt.device) for _ in preds]
         loss, parts = self.criterion(preds, targets, weights)
+        if self.reg != 'none' and self.reg_weight:
+            zp = z.mean(1)                                             # [B, D] pooled context embedding
+            r = vicreg_reg(zp) if self.reg == 'vicreg' else sigreg(zp, seed=int(batch.get('mb', 0)))
+            parts['reg'] = r.detach()
+            loss = loss + self.reg_weight * r
         if return_outputs: return loss, parts, dict(pred=preds, target=targets, weight=weights)
         return loss, parts
+
+    @torch.no_grad()
+    def target_features(self, images: torch.Tensor) -> list:
+        "Layer-normed full-image targets, `[B, N, D]` per level depth (one for `pool`); the mean of the last K blocks' if `loss.target_layers=K`."
+        if self.level_depths is not None:
+            return [normalize_target(h) for h in self.target_encoder(images, depths=self.level_depths)]
+        if self.target_depths is None: return [normalize_target(self.target_encoder(images))]
+        hs = self.target_encoder(images, depths=self.target_depths)
+        return [normalize_target(torch.stack([normalize_target(h) for h in hs]).mean(0))]
 
     @torch.no_grad()
     def update_target(self, momentum: float):
@@ -103,6 +129,8 @@ class HJEPA(nn.Module):
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor,   # [B, 3, H, W]
+              encoder: str | None = None,   # 'target' or 'context' (None: `eval.encoder`)
              ) -> torch.Tensor:             # [B, D]
-        "Image features for evaluation: the target encoder's patch tokens, average-pooled."
-        return self.target_encoder(images).mean(1)
+        "Image features for evaluation: one encoder's patch tokens (all of them), average-pooled."
+        enc = self.context_encoder if (encoder or self.embed_encoder) == 'context' else self.target_encoder
+        return enc(images).mean(1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html, io, math, re, threading, time, warnings
 from pathlib import Path
 from .masks import _outline, _infer_grid   # patch outlines and grid inference, shared with show_masks
+from .monitor import pca_rgb
 
 # %% auto #0
 __all__ = ['PANEL_TITLES', 'in_notebook', 'ema_smooth', 'panel_keys', 'DashboardCanvas', 'render_dashboard', 'LiveDashboard',
@@ -46,8 +47,10 @@ _PANELS = [
     ('EMA momentum', lambda k: k == 'momentum', False, False, 'no momentum yet'),
     ('grad norm', lambda k: k == 'grad_norm', True, False, 'no grad norm yet'),
     ('feature std', lambda k: k.endswith('_std'), False, True, _COLLAPSE_NOTE),
-    ('effective rank', lambda k: k.endswith('_rank'), False, True, _COLLAPSE_NOTE),
-    ('mean cosine', lambda k: k.endswith('_cos'), False, True, _COLLAPSE_NOTE),
+    ('effective rank', lambda k: re.search(r'_rank(_c)?$', k) is not None, False, True, _COLLAPSE_NOTE),
+    ('mean cosine', lambda k: re.search(r'_cos(_c)?$', k) is not None, False, True, _COLLAPSE_NOTE),
+    ('content: held-out loss vs no image', lambda k: k in ('loss_eval', 'loss_ctxfree', 'loss_other'), False, True, _COLLAPSE_NOTE),
+    ('target energy: const / pos / image', lambda k: k.startswith('energy_'), False, True, _COLLAPSE_NOTE),
     ('other metrics', lambda k: True, False, True, 'nothing else logged'),
 ]
 PANEL_TITLES = [p[0] for p in _PANELS]
@@ -96,6 +99,7 @@ class DashboardCanvas:
             ax.text(0, 1.03, name, transform=ax.transAxes, fontsize=9, va='bottom')
             ax.tick_params(labelsize=7, length=2, pad=1)
             ax.xaxis.set_major_locator(MaxNLocator(4, integer=True)); ax.yaxis.set_major_locator(MaxNLocator(4))
+            ax.ticklabel_format(axis='y', useOffset=False)          # plain values (an offset text would collide with the title)
             ax.grid(alpha=0.25)
             self.notes[name] = ax.text(0.5, 0.5, '', ha='center', va='center', fontsize=7, color='gray', transform=ax.transAxes)
             self.panels[name] = ax
@@ -119,6 +123,7 @@ class DashboardCanvas:
              grid=None,                    # (rows, cols) of the patch grid; None: inferred from the masks
              smooth: float = 0.8,          # EMA factor of the smoothed curves
              title: str | None = None,     # heading (default 'H-JEPA training'); the last step and loss are added
+             pca=None,                     # [n, rows, cols, 3] patch-feature PCA of the batch's images (`monitor.pca_rgb`), drawn below them
             ):
         "Update every panel from `history` and the image row from `batch`; returns the Figure."
         keys = panel_keys(history)
@@ -144,7 +149,7 @@ class DashboardCanvas:
             ax = self.img_ax
             for a in list(ax.images) + list(ax.collections) + list(ax.texts): a.remove()
             if batch is None: ax.text(0, 0.5, 'no batch yet', fontsize=8, color='gray', transform=ax.transAxes)
-            else: self._draw_batch(ax, batch, grid)
+            else: self._draw_batch(ax, batch, grid, pca)
         last = history[-1] if history else {}
         head = title or 'H-JEPA training'
         if last: head += f"   step {last.get('step')}" + (f"   epoch {last['epoch']:.2f}" if _is_num(last.get('epoch')) else '') \
@@ -153,8 +158,8 @@ class DashboardCanvas:
         self.head.set_text(head)
         return self.fig
 
-    def _draw_batch(self, ax, batch: dict, grid):
-        "The first `n_images` images of `batch`, un-normalised, with context, dimmed unseen patches and tinted targets."
+    def _draw_batch(self, ax, batch: dict, grid, pca=None):
+        "The first `n_images` images of `batch`, un-normalised, with context, dimmed unseen patches and tinted targets; `pca` below."
         import numpy as np
         from matplotlib.collections import LineCollection
         n = min(self.n_images, len(batch['images']))
@@ -179,7 +184,15 @@ class DashboardCanvas:
                 segs[t] += [((a + x0, b), (c + x0, d)) for (a, b), (c, d) in _outline(m.reshape(H, W))]
             ax.imshow(over.reshape(H, W, 4), extent=ext, interpolation='nearest')
         for t, sg in enumerate(segs): ax.add_collection(LineCollection(sg, colors=[_TGT_RGB[t % len(_TGT_RGB)]], linewidths=1.5))
-        ax.set_xlim(-gap / 2, n * (W + gap) - gap / 2); ax.set_ylim(H + 0.1 * H, -0.02 * H); ax.set_aspect('equal')
+        bottom = H
+        if pca is not None:                                                    # the target encoder's patch PCA as RGB
+            for i in range(min(n, len(pca))):
+                x0 = i * (W + gap)
+                ax.imshow(pca[i].detach().float().cpu().numpy(), extent=(x0, x0 + W, 2 * H + gap, H + gap), interpolation='nearest')
+            bottom = 2 * H + gap
+            ax.text(n * (W + gap) - gap, bottom + 0.04 * H, 'below: target features, first 3 principal components as RGB',
+                    fontsize=8, va='top', ha='right')
+        ax.set_xlim(-gap / 2, n * (W + gap) - gap / 2); ax.set_ylim(bottom + 0.1 * H, -0.02 * H); ax.set_aspect('equal')
         ax.text(0, H + 0.04 * H, f"current batch: {H}x{W} grid, context {ctx.shape[1]} patches, {len(tgts)} targets of "
                 f"{tgts[0].shape[1]}", fontsize=8, va='top')
 
@@ -311,7 +324,12 @@ class LiveDashboard:
         if batch is not None:
             n = self.n_images
             batch = {'images': batch['images'][:n], 'ctx_idx': batch['ctx_idx'][:n], 'tgt_idx': [t[:n] for t in batch['tgt_idx']]}
-        self.canvas.draw(trainer.history, batch, self.grid, self.smooth)
+        pca = None
+        m = getattr(trainer, 'model', None)
+        if batch is not None and hasattr(m, 'target_encoder') and self.grid is not None:
+            import torch
+            with torch.no_grad(): pca = pca_rgb(m.target_encoder(batch['images'].to(trainer.device)), self.grid)
+        self.canvas.draw(trainer.history, batch, self.grid, self.smooth, pca=pca)
         return self.canvas.png()
 
     def _fail(self, e: Exception):

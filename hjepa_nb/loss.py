@@ -8,7 +8,7 @@ import torch, torch.nn.functional as F
 from .config import Config, ConfigError
 
 # %% auto #0
-__all__ = ['normalize_target', 'level_loss', 'HierarchicalLoss']
+__all__ = ['normalize_target', 'level_loss', 'HierarchicalLoss', 'vicreg_reg', 'sigreg']
 
 # %% ../nbs/05_loss.ipynb #593bfb60
 def normalize_target(h: torch.Tensor,   # [B, N, D] target-encoder output (full image)
@@ -70,3 +70,30 @@ class HierarchicalLoss:
         return loss, parts
 
     def __repr__(self): return f"HierarchicalLoss(levels={self.levels}, weights={self.weights}, kind={self.kind!r}, beta={self.beta})"
+
+# %% ../nbs/05_loss.ipynb #d3f0d1d8
+def vicreg_reg(z: torch.Tensor,          # [B, D] one embedding per image
+               cov_weight: float = 0.04, # VICReg's 1:25 ratio of covariance to variance weight
+              ) -> torch.Tensor:         # scalar
+    "VICReg's variance hinge (std >= 1 per dimension) plus `cov_weight` x the mean squared off-diagonal covariance."
+    z = z.float() - z.float().mean(0)
+    std = (z.var(0) + 1e-4).sqrt()
+    cov = z.T @ z / max(1, len(z) - 1)
+    off = cov - torch.diag(torch.diag(cov))
+    return F.relu(1 - std).mean() + cov_weight * off.pow(2).sum() / z.shape[1]
+
+# %% ../nbs/05_loss.ipynb #8abfb1a4
+def sigreg(z: torch.Tensor,        # [N, D] one embedding per image
+           seed: int = 0,          # seeds the directions (the batch number: same on every rank)
+           num_slices: int = 256,  # random directions M
+           knots: int = 17,        # trapezoid knots on t in [0, 3]
+          ) -> torch.Tensor:       # scalar: mean over directions of N x the Epps-Pulley statistic
+    "LeJEPA's sketched isotropic-Gaussian regulariser (SIGReg) of `z`."
+    g = torch.Generator().manual_seed(int(seed))
+    A = torch.randn(z.shape[1], num_slices, generator=g).to(z.device)
+    A = A / A.norm(dim=0)
+    t = torch.linspace(0, 3, knots, device=z.device)
+    phi = torch.exp(-0.5 * t ** 2)                       # the standard normal's characteristic function
+    xt = (z.float() @ A).unsqueeze(-1) * t               # [N, M, T]
+    err = (xt.cos().mean(0) - phi) ** 2 + xt.sin().mean(0) ** 2
+    return (torch.trapezoid(err * phi, t, dim=-1) * 2 * len(z)).mean()

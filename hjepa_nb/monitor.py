@@ -7,9 +7,13 @@ from __future__ import annotations
 import math, warnings
 import torch
 import torch.nn.functional as F
+from .patches import apply_masks
+from .loss import level_loss
+from .data import denormalize
 
 # %% auto #0
-__all__ = ['CollapseWarning', 'feature_std', 'effective_rank', 'mean_cosine', 'collapse_metrics', 'CollapseMonitor']
+__all__ = ['CollapseWarning', 'feature_std', 'effective_rank', 'mean_cosine', 'collapse_metrics', 'energy_split',
+           'content_diagnostics', 'CollapseMonitor', 'pca_rgb', 'pca_figure']
 
 # %% ../nbs/09_monitor.ipynb #c21abca2
 class CollapseWarning(UserWarning):
@@ -43,6 +47,40 @@ def collapse_metrics(feats: torch.Tensor,     # [N, D] (or [..., D], flattened t
     if len(feats) > max_rows: feats = feats[torch.linspace(0, len(feats) - 1, max_rows).long()]
     return dict(std=feature_std(feats), rank=effective_rank(feats), cos=mean_cosine(feats))
 
+# %% ../nbs/09_monitor.ipynb #6a96210b
+def energy_split(t: torch.Tensor,   # [B, N, D] target tokens of B images at N positions
+                ) -> dict:          # shares of sum(t**2), adding up to 1
+    "Constant / position-only / image-specific shares of the energy of `t`."
+    c = t.float().mean((0, 1))
+    pos = t.float().mean(0) - c
+    img = t.float() - t.float().mean(0)
+    tot = t.float().pow(2).sum().clamp_min(1e-12)
+    B, N = t.shape[:2]
+    return dict(energy_const=(B * N * c.pow(2).sum() / tot).item(), energy_pos=(B * pos.pow(2).sum() / tot).item(),
+                energy_image=(img.pow(2).sum() / tot).item())
+
+# %% ../nbs/09_monitor.ipynb #4a9fe0e8
+@torch.no_grad()
+def content_diagnostics(model,        # an HJEPA (needs `target_features`, `criterion`, `embed`)
+                        batch: dict,  # a held-out batch with masks
+                       ) -> dict:
+    "Energy split of the targets, the fine-level loss beside the context-free and other-image losses, centred ranks."
+    images, tgt = batch['images'], list(batch['tgt_idx'])
+    t = model.target_features(images)[0]                             # [B, N, D] layer-normed
+    B = len(t)
+    out = energy_split(t)
+    _, parts = model(batch)
+    _, other = model(dict(batch, context_images=images.roll(1, 0)))  # every image gets its neighbour's context
+    loo = (t.sum(0, keepdim=True) - t) / max(1, B - 1)               # each position's mean over the *other* images
+    crit = model.criterion
+    out.update(loss_eval=parts['loss_l0'].item(), loss_other=other['loss_l0'].item(),
+               loss_ctxfree=level_loss(apply_masks(loo, tgt), apply_masks(t, tgt), None, crit.kind, crit.beta).item())
+    emb = model.embed(images).float()
+    emb_c = emb - emb.mean(0)
+    out.update(target_rank_c=effective_rank((t - t.mean(0)).reshape(-1, t.shape[-1])[:4096]),
+               embed_rank_c=effective_rank(emb_c), embed_cos_c=mean_cosine(emb_c))
+    return out
+
 # %% ../nbs/09_monitor.ipynb #7ae975eb
 class CollapseMonitor:
     "Trainer callback: collapse metrics of targets, predictions and embeddings on `trainer.eval_batch` every `every` steps."
@@ -70,6 +108,7 @@ class CollapseMonitor:
         try:
             _, _, outs = model(batch, return_outputs=True)
             emb = model.embed(batch['images'])
+            extra = content_diagnostics(model, batch) if hasattr(model, 'target_features') else {}
         finally: model.train(was)
         t, p = outs['target'][0], outs['pred'][0]
         feats = dict(target=F.layer_norm(t.float(), (t.shape[-1],)), pred=p, embed=emb)
@@ -77,6 +116,7 @@ class CollapseMonitor:
         for name, f in feats.items():
             for k, v in collapse_metrics(f, self.max_rows).items(): out[f'{name}_{k}'] = v
         out['dim'] = t.shape[-1]
+        out.update(extra)
         return out
 
     def check(self, m: dict, step: int | None = None) -> list[str]:
@@ -119,3 +159,44 @@ class CollapseMonitor:
         axs[0].axhline(self.std_min, color='red', ls=':', lw=1); axs[1].axhline(self.rank_min, color='red', ls=':', lw=1)
         axs[0].legend(fontsize=8)
         return axs
+
+# %% ../nbs/09_monitor.ipynb #a994e121
+@torch.no_grad()
+def pca_rgb(feats: torch.Tensor,   # [B, N, D] patch features of B images
+            grid: tuple,           # (rows, cols) of the patch grid, rows * cols = N
+           ) -> torch.Tensor:      # [B, rows, cols, 3] in [0, 1]
+    "First three principal components of all patches of all images, each scaled to [0, 1] (1st-99th percentile)."
+    B, N, D = feats.shape
+    x = feats.float().reshape(-1, D)
+    x = x - x.mean(0)
+    _, _, V = torch.linalg.svd(x, full_matrices=False)
+    y = x @ V[:3].T                                              # [B*N, 3]
+    lo, hi = y.quantile(0.01, dim=0), y.quantile(0.99, dim=0)
+    return ((y - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1).reshape(B, *grid, 3)
+
+# %% ../nbs/09_monitor.ipynb #e0632294
+def pca_figure(models: dict,       # {row label: HJEPA}; each row shows its target encoder's patch PCA
+               images,             # [B, 3, H, W] normalised images, or a data set of (image, label)
+               n: int = 8,         # images shown (the first n, or evenly spaced items of a data set)
+               encoder: str = 'target',
+               path=None, dpi: int = 80):
+    "Images on the first row, then each model's patch-feature PCA as RGB; saved to `path` when given, returns the figure."
+    import matplotlib.pyplot as plt
+    if not torch.is_tensor(images):
+        idx = torch.linspace(0, len(images) - 1, n).long().tolist()
+        images = torch.stack([images[i][0] for i in idx])
+    images = images[:n]
+    rows = [denormalize(images).permute(0, 2, 3, 1)]
+    for m in models.values():
+        was = m.training; m.eval()
+        enc = m.target_encoder if encoder == 'target' else m.context_encoder
+        with torch.no_grad(): rows.append(pca_rgb(enc(images), tuple(m.grid)))
+        m.train(was)
+    fig, axs = plt.subplots(len(rows), len(images), figsize=(1.1 * len(images), 1.15 * len(rows)), squeeze=False)
+    for r, (label, row) in enumerate(zip(['images', *models], rows)):
+        for c, ax in enumerate(axs[r]):
+            ax.imshow(row[c].cpu().numpy(), interpolation='nearest'); ax.set_xticks([]); ax.set_yticks([])
+        axs[r][0].set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    if path: fig.savefig(path, dpi=dpi); plt.close(fig)
+    return fig
