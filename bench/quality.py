@@ -46,16 +46,21 @@ def score(model_or_fn, etr, ete, encoder=None, linear=True) -> dict:
     r = evaluate_embed(fn, etr, ete, linear=linear)
     return {'knn': r['knn']['acc'], **({'linear': r['linear']['acc']} if linear else {}), 'n_train': r['n_train'], 'n_test': r['n_test']}
 
-def baselines(cfg, rnd, etr, ete) -> dict:
-    "Random-init and raw-pixel scores; cached under runs/baselines/ by (model settings, seed, sizes), which decide them."
+def _cached(key: list, compute) -> dict:
+    "`compute()`, cached under runs/baselines/ by `key` (what decides its result)."
     import hashlib
-    key = json.dumps([config_to_dict(cfg)['model'], cfg.train.seed, cfg.data.root, cfg.data.img_size if hasattr(cfg.data, 'img_size') else 0,
-                      len(etr), len(ete)], sort_keys=True)
-    f = ROOT / 'runs' / 'baselines' / (hashlib.sha1(key.encode()).hexdigest()[:16] + '.json')
+    k = json.dumps(key, sort_keys=True)
+    f = ROOT / 'runs' / 'baselines' / (hashlib.sha1(k.encode()).hexdigest()[:16] + '.json')
     if f.exists(): return json.loads(f.read_text())['res']
-    res = dict(random_init=score(rnd, etr, ete, 'target'), raw_pixels=score(pixel_features, etr, ete))
-    f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(dict(key=key, res=res)))
+    res = compute()
+    f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(dict(key=k, res=res)))
     return res
+
+def baselines(cfg, rnd, etr, ete) -> dict:
+    "Random-init scores (decided by the model settings, seed and sizes) and raw-pixel scores (by the data and sizes), cached."
+    data = [cfg.data.root, cfg.model.img_size, len(etr), len(ete)]
+    return dict(random_init=_cached([config_to_dict(cfg)['model'], cfg.train.seed, *data], lambda: score(rnd, etr, ete, 'target')),
+                raw_pixels=_cached(['pixels', *data], lambda: score(pixel_features, etr, ete)))
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,6 +75,7 @@ def main():
     ap.add_argument('--curve-train', type=int, default=5000, help='kNN bank during training (baselines use the same)')
     ap.add_argument('--curve-test', type=int, default=1000, help='test images scored during training')
     ap.add_argument('--curve-points', type=int, default=8)
+    ap.add_argument('--encoders', default='target,context', help='trained encoders scored at the end (comma-separated)')
     ap.add_argument('--warmup', type=float, default=0.1, help='LR warm-up as a fraction of the budget (unless optim.warmup_epochs is given)')
     ap.add_argument('--replot', action='store_true', help='only redraw the .png from the json and the run folder')
     ap.add_argument('--cpu-math', default='default', choices=('auto', 'default'),
@@ -117,10 +123,11 @@ def main():
     t1 = time.time()
     etr, ete = eval_datasets(cfg, *datasets, a.eval_train, a.eval_test)
     model = tr.model.eval()
-    res = dict(target=score(model, etr, ete, 'target'), context=score(model, etr, ete, 'context'), **baselines(cfg, rnd, etr, ete))
+    res = {e: score(model, etr, ete, e) for e in a.encoders.split(',')}
+    res.update(baselines(cfg, rnd, etr, ete))
     eval_s = time.time() - t1
     images = tr.step * cfg.data.batch_size * cfg.optim.accum_steps
-    scored = cfg.eval.encoder
+    scored = cfg.eval.encoder if cfg.eval.encoder in res else next(iter(res))
     summary = {k: {'knn': round(v['knn'], 2), 'linear': round(v['linear'], 2)} for k, v in res.items()}
     gain = {m: round(summary[scored][m] - summary['random_init'][m], 2) for m in ('knn', 'linear')}
     mon = [r for r in rows if 'target_rank' in r]

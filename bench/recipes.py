@@ -24,6 +24,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--epochs', type=float, default=0.2)
     ap.add_argument('--recipes', default='bench/recipes.yaml')
+    ap.add_argument('--config', default='bench/recipe_base.yaml', help='the config every recipe overrides')
     ap.add_argument('--only', nargs='*', default=None)
     ap.add_argument('--parallel', type=int, default=1)
     ap.add_argument('--seed', type=int, default=0)
@@ -44,7 +45,7 @@ def main():
             name, over = todo.pop(0)
             tag = f'{name}_e{a.epochs:g}_s{a.seed}'
             out = RES / 'recipes' / f'{tag}.json'
-            cmd = [sys.executable, 'bench/quality.py', '--epochs', str(a.epochs), '--name', name, '--cpu-math', 'auto',
+            cmd = [sys.executable, 'bench/quality.py', '--epochs', str(a.epochs), '--name', name, '--cpu-math', 'auto', '--config', a.config,
                    '--eval-train', str(a.eval_train), '--eval-test', str(a.eval_test),
                    '--curve-points', str(a.curve[0]), '--curve-train', str(a.curve[1]), '--curve-test', str(a.curve[2]), '--out', str(out.relative_to(ROOT)),
                    '--run', f'runs/recipes/{tag}', *over, f'train.seed={a.seed}', *par]

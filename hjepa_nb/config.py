@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #090267c7
 from __future__ import annotations
-import dataclasses, difflib, os, random
+import dataclasses, difflib, math, os, random
 from dataclasses import dataclass, field, fields, asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -214,7 +214,11 @@ def validate(cfg: Config, where: str = '') -> Config:
     "Check every field of `cfg` and the rules between fields; raise `ConfigError` naming the key."
     for sec in fields(cfg):
         s = getattr(cfg, sec.name)
-        for f in fields(s): _check_field(f'{sec.name}.{f.name}', getattr(s, f.name), f.metadata, where)
+        for f in fields(s):
+            v = getattr(s, f.name)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in (v if isinstance(v, (list, tuple)) else [v])):
+                raise ConfigError(f"{sec.name}.{f.name}: expected finite numbers, got {v!r}{where}")
+            _check_field(f'{sec.name}.{f.name}', v, f.metadata, where)
     m = cfg.model
     if m.img_size % m.patch_size:
         raise ConfigError(f"model.img_size: expected a multiple of model.patch_size={m.patch_size}, "

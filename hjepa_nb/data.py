@@ -16,8 +16,8 @@ from .config import Config, ConfigError, configs_dir, get_device
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SHAPES', 'DataError', 'cache_dir', 'decode_file', 'ImageDataset', 'synthetic_shapes',
            'SyntheticShapes', 'find_cifar10_folder', 'resolve_root', 'demo_images', 'image_folder', 'folder_splits',
-           'train_transform', 'eval_transform', 'denormalize', 'build_datasets', 'seed_worker', 'build_loader',
-           'show_images', 'loader_throughput']
+           'train_transform', 'eval_transform', 'denormalize', 'align_classes', 'build_datasets', 'seed_worker',
+           'build_loader', 'show_images', 'loader_throughput']
 
 # %% ../nbs/08_data.ipynb #10ed0e29
 class DataError(ConfigError):
@@ -323,6 +323,21 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
     s = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
     return (x * s + m).clamp(0, 1)
 
+# %% ../nbs/08_data.ipynb #d18ca5da
+def align_classes(ds: ImageDataset, classes: Sequence[str], verbose: bool = True) -> ImageDataset:
+    "`ds` relabelled so that label i means `classes[i]`; classes `ds` has beyond them are appended (and reported)."
+    extra = [c for c in ds.classes if c not in classes]
+    missing = [c for c in classes if c not in ds.classes]
+    names = list(classes) + extra
+    if list(ds.classes) == names: return ds
+    lut = torch.tensor([names.index(c) for c in ds.classes], dtype=torch.int64)
+    out = copy.copy(ds)
+    out.labels, out.classes = lut[ds.labels], names
+    if verbose and (extra or missing):
+        print(f"{ds.source or 'data set'}: " + (f"classes not in the training split (never predicted): {extra}; " if extra else '')
+              + (f"training classes it has no images of: {missing}" if missing else ''))
+    return out
+
 # %% ../nbs/08_data.ipynb #579edfe0
 def _limit_per_class(ds: ImageDataset, limit: int | None) -> ImageDataset:
     "Keep the first `limit` items of each class (all when `limit` is None)."
@@ -372,6 +387,7 @@ def build_datasets(cfg: Config,
         tr, te = folder_splits(resolve_root(d.root))
         kw = dict(limit=limit, cache=d.cache, verbose=verbose)
         train, test = image_folder(tr, **kw), (image_folder(te, **kw) if te is not None else None)
+        if test is not None: test = align_classes(test, train.classes, verbose=verbose)
     train, test = _limit_per_class(train, limit), (_limit_per_class(test, limit) if test is not None else None)
     train = train.with_transform(train_transform(cfg) if train_augment else eval_transform(cfg))
     if test is not None: test = test.with_transform(eval_transform(cfg))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html, io, math, re, threading, time, warnings
 from pathlib import Path
 from .masks import _outline, _infer_grid   # patch outlines and grid inference, shared with show_masks
+import torch
 from .monitor import pca_rgb
 
 # %% auto #0
@@ -327,7 +328,6 @@ class LiveDashboard:
         pca = None
         m = getattr(trainer, 'model', None)
         if batch is not None and hasattr(m, 'target_encoder') and self.grid is not None:
-            import torch
             with torch.no_grad(): pca = pca_rgb(m.target_encoder(batch['images'].to(trainer.device)), self.grid)
         self.canvas.draw(trainer.history, batch, self.grid, self.smooth, pca=pca)
         return self.canvas.png()
