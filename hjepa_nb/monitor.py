@@ -51,10 +51,11 @@ def collapse_metrics(feats: torch.Tensor,     # [N, D] (or [..., D], flattened t
 def energy_split(t: torch.Tensor,   # [B, N, D] target tokens of B images at N positions
                 ) -> dict:          # shares of sum(t**2), adding up to 1
     "Constant / position-only / image-specific shares of the energy of `t`."
-    c = t.float().mean((0, 1))
-    pos = t.float().mean(0) - c
-    img = t.float() - t.float().mean(0)
-    tot = t.float().pow(2).sum().clamp_min(1e-12)
+    t = t.float()
+    c = t.mean((0, 1))
+    pos = t.mean(0) - c
+    img = t - t.mean(0)
+    tot = t.pow(2).sum().clamp_min(1e-12)
     B, N = t.shape[:2]
     return dict(energy_const=(B * N * c.pow(2).sum() / tot).item(), energy_pos=(B * pos.pow(2).sum() / tot).item(),
                 energy_image=(img.pow(2).sum() / tot).item())
@@ -63,19 +64,21 @@ def energy_split(t: torch.Tensor,   # [B, N, D] target tokens of B images at N p
 @torch.no_grad()
 def content_diagnostics(model,        # an HJEPA (needs `target_features`, `criterion`, `embed`)
                         batch: dict,  # a held-out batch with masks
+                        parts: dict | None = None,        # `model(batch)[1]` when the caller has it already
+                        emb: torch.Tensor | None = None,  # `model.embed(batch['images'])` when the caller has it already
                        ) -> dict:
     "Energy split of the targets, the fine-level loss beside the context-free and other-image losses, centred ranks."
     images, tgt = batch['images'], list(batch['tgt_idx'])
     t = model.target_features(images)[0]                             # [B, N, D] layer-normed
     B = len(t)
     out = energy_split(t)
-    _, parts = model(batch)
+    if parts is None: _, parts = model(batch)
     _, other = model(dict(batch, context_images=images.roll(1, 0)))  # every image gets its neighbour's context
     loo = (t.sum(0, keepdim=True) - t) / max(1, B - 1)               # each position's mean over the *other* images
     crit = model.criterion
     out.update(loss_eval=parts['loss_l0'].item(), loss_other=other['loss_l0'].item(),
                loss_ctxfree=level_loss(apply_masks(loo, tgt), apply_masks(t, tgt), None, crit.kind, crit.beta).item())
-    emb = model.embed(images).float()
+    emb = (model.embed(images) if emb is None else emb).float()
     emb_c = emb - emb.mean(0)
     out.update(target_rank_c=effective_rank((t - t.mean(0)).reshape(-1, t.shape[-1])[:4096]),
                embed_rank_c=effective_rank(emb_c), embed_cos_c=mean_cosine(emb_c))
@@ -106,9 +109,9 @@ class CollapseMonitor:
         was = model.training
         model.eval()
         try:
-            _, _, outs = model(batch, return_outputs=True)
+            _, parts, outs = model(batch, return_outputs=True)
             emb = model.embed(batch['images'])
-            extra = content_diagnostics(model, batch) if hasattr(model, 'target_features') else {}
+            extra = content_diagnostics(model, batch, parts, emb) if hasattr(model, 'target_features') else {}
         finally: model.train(was)
         t, p = outs['target'][0], outs['pred'][0]
         feats = dict(target=F.layer_norm(t.float(), (t.shape[-1],)), pred=p, embed=emb)
