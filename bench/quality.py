@@ -17,7 +17,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from hjepa_nb.config import load_config, seed_everything, config_to_dict
+from hjepa_nb.core import seed_everything
+from hjepa_nb.config import load_config, config_to_dict
 from hjepa_nb.data import build_datasets
 from hjepa_nb.hjepa import HJEPA
 from hjepa_nb.train import Trainer, read_metrics

@@ -10,14 +10,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-from .config import Config, ConfigError, configs_dir, get_device
+from torch.utils.data import DataLoader, Dataset, Sampler
+from .core import ConfigError, cache_dir, mix
+from .config import Config, configs_dir
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SHAPES', 'DataError', 'cache_dir', 'decode_file', 'ImageDataset', 'synthetic_shapes',
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SHAPES', 'DataError', 'decode_file', 'ImageDataset', 'synthetic_shapes',
            'SyntheticShapes', 'find_cifar10_folder', 'resolve_root', 'demo_images', 'image_folder', 'folder_splits',
            'train_transform', 'eval_transform', 'denormalize', 'align_classes', 'build_datasets', 'seed_worker',
-           'build_loader', 'show_images', 'loader_throughput']
+           'build_loader', 'EpochSampler', 'SeededItems', 'SeededMasks', 'loader_throughput']
 
 # %% ../nbs/08_data.ipynb #10ed0e29
 class DataError(ConfigError):
@@ -25,10 +26,6 @@ class DataError(ConfigError):
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-def cache_dir() -> Path:
-    "Where hjepa_nb keeps downloads and decoded images: `$HJEPA_CACHE` or `~/.cache/hjepa_nb`."
-    return Path(os.environ.get('HJEPA_CACHE') or Path.home() / '.cache' / 'hjepa_nb').expanduser()
 
 # %% ../nbs/08_data.ipynb #9311e76b
 def decode_file(path) -> torch.Tensor:
@@ -412,23 +409,48 @@ def build_loader(cfg: Config, ds, train: bool = True, collate_fn=None, sampler=N
                       collate_fn=collate_fn, pin_memory=pin, drop_last=train, persistent_workers=nw > 0,
                       worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(cfg.train.seed))
 
-# %% ../nbs/08_data.ipynb #60410d8e
-def show_images(imgs, labels=None, classes=None, ncols: int = 8, size: float = 1.2, title: str | None = None):
-    "Grid of `imgs` (uint8 `[N, 3, H, W]`, or normalised float); titles from `labels` and `classes`."
-    import matplotlib.pyplot as plt
-    imgs = imgs.detach().cpu()
-    x = imgs.float() / 255 if imgs.dtype == torch.uint8 else denormalize(imgs)
-    n = len(x); ncols = min(ncols, n); nrows = math.ceil(n / ncols)
-    fig, axs = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * (1.15 if labels is not None else 1)), squeeze=False)
-    for i, ax in enumerate(axs.flat):
-        ax.axis('off')
-        if i >= n: continue
-        ax.imshow(x[i].permute(1, 2, 0).numpy())
-        if labels is not None:
-            l = int(labels[i]); ax.set_title(classes[l] if classes else str(l), fontsize=7)
-    if title: fig.suptitle(title, fontsize=9)
-    plt.tight_layout()
-    return fig
+# %% ../nbs/08_data.ipynb #ac1a4cb0
+class EpochSampler(Sampler):
+    """Seeded permutation per epoch; yields `(index, micro_batch_number)`.
+
+    Global micro-batch `g` of an epoch is `perm[g*bs:(g+1)*bs]` and rank `r` of `world` takes the
+    micro-batches `g = j*world + r`. So `world` processes with batch `bs` see exactly the images and
+    micro-batch numbers (hence masks) that one process with batch `bs` and `world`-fold accumulation sees."""
+    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True):
+        self.n, self.bs, self.seed, self.rank, self.world, self.shuffle = n, batch_size, seed, rank, world, shuffle
+        self.batches = n // (batch_size * world)      # micro-batches per epoch and rank (drop_last)
+        if self.batches == 0:
+            raise ConfigError(f"data.batch_size: {batch_size} x {world} process(es) is larger than the {n} training images")
+        self.epoch, self.start = 0, 0
+    def set_epoch(self, epoch: int, start_batch: int = 0): self.epoch, self.start = epoch, start_batch
+    def __len__(self): return (self.batches - self.start) * self.bs
+    def __iter__(self):
+        if self.shuffle: perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(mix(self.seed, self.epoch)))
+        else: perm = torch.arange(self.n)
+        for j in range(self.start, self.batches):
+            g = j * self.world + self.rank
+            b = self.epoch * self.batches * self.world + g
+            for i in perm[g * self.bs:(g + 1) * self.bs].tolist(): yield i, b
+
+class SeededItems(Dataset):
+    "Wrap `ds` so `ds[(i, b)]` draws item `i`'s augmentation from `(seed, b, i)`; returns `(image, label, b)`."
+    def __init__(self, ds, seed: int = 0): self.ds, self.seed = ds, seed
+    def __len__(self): return len(self.ds)
+    def __getitem__(self, ib):
+        i, b = ib
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix(self.seed, b, i))
+            x, y = self.ds[i]
+        return x, y, b
+
+class SeededMasks:
+    "Collate `(image, label, b)` items into a batch dict whose masks are the collator's batch number `b`."
+    def __init__(self, collator: MultiBlockMaskCollator): self.collator = collator
+    def __call__(self, items):
+        b = items[0][2]
+        ctx_idx, tgt_idx = self.collator.sample_masks(len(items), step=b)
+        return {'images': torch.stack([x for x, _, _ in items]), 'labels': torch.tensor([int(y) for _, y, _ in items]),
+                'ctx_idx': ctx_idx, 'tgt_idx': tgt_idx, 'mb': b}
 
 # %% ../nbs/08_data.ipynb #fd3122a0
 def loader_throughput(loader, max_batches: int = 20) -> float:

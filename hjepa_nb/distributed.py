@@ -7,10 +7,10 @@ from __future__ import annotations
 import datetime, os
 import torch
 import torch.distributed as dist
-from .config import Config, get_device
+from .config import Config
 
 # %% auto #0
-__all__ = ['world_from_env', 'setup_distributed', 'device_for', 'wrap_model', 'cleanup_distributed']
+__all__ = ['world_from_env', 'setup_distributed', 'cleanup_distributed']
 
 # %% ../nbs/13_distributed.ipynb #334dc3b4
 def world_from_env() -> tuple[int, int, int]:
@@ -26,17 +26,6 @@ def setup_distributed(cfg: Config | None = None, timeout_s: float = 120.) -> tup
         dist.init_process_group('nccl' if cuda else 'gloo', timeout=datetime.timedelta(seconds=timeout_s))
     if dist.is_initialized(): rank, world = dist.get_rank(), dist.get_world_size()
     return rank, world, local
-
-def device_for(cfg: Config, local_rank: int = 0) -> torch.device:
-    "The device for this process: `cuda:local_rank` under torchrun with GPUs, else `train.device`."
-    dev = get_device(cfg.train.device)
-    if dev.type == 'cuda' and dev.index is None and dist.is_initialized(): dev = torch.device('cuda', local_rank)
-    return dev
-
-def wrap_model(model: torch.nn.Module, device: torch.device):
-    "Wrap `model` in DDP; only parameters that require grad (not the EMA target) are synchronised."
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    return DDP(model, device_ids=[device.index] if device.type == 'cuda' else None, broadcast_buffers=False)
 
 def cleanup_distributed():
     "Leave the process group, if joined."

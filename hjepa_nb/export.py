@@ -16,8 +16,8 @@ from . import __version__
 from .config import Config, from_dict, config_to_dict
 from .models import Encoder
 from .data import IMAGENET_MEAN, IMAGENET_STD
-from .train import load_checkpoint, read_metrics
-from .cli import _fail, _USER_ERRORS
+from .checkpoint import load_checkpoint, read_metrics
+from .cli import fail, USER_ERRORS
 
 # %% auto #0
 __all__ = ['ENCODERS', 'timm_args', 'to_timm', 'checkpoint_encoder', 'images_seen', 'timm_config', 'export_encoder',
@@ -61,7 +61,7 @@ ENCODERS = ('target', 'context')
 def _check_encoder(encoder: str):
     if encoder not in ENCODERS: raise ValueError(f"encoder: expected target or context, got {encoder!r}")
 
-def checkpoint_encoder(path,                     # a checkpoint written by the kit's Trainer (last.pt, best_*.pt)
+def checkpoint_encoder(path,                     # a checkpoint written by the kit's Learner (last.pt, best_*.pt)
                        encoder: str | None = None, # 'target' or 'context' (None: the run's eval.encoder)
                       ) -> tuple[Encoder, Config, dict]:
     "The kit's `encoder` of checkpoint `path` in eval mode, with the run's config and the checkpoint dict."
@@ -118,7 +118,7 @@ def _check_out(out: Path, overwrite: bool):
         shown = ', '.join(held[:3]) + (', ...' if len(held) > 3 else '')
         raise FileExistsError(f"out: {out} is not empty ({shown}); choose an empty folder or overwrite (--overwrite)")
 
-def export_encoder(checkpoint,                  # a checkpoint written by the kit's Trainer
+def export_encoder(checkpoint,                  # a checkpoint written by the kit's Learner
                    out,                         # folder for model.safetensors and config.json
                    encoder: str | None = None,  # 'target' or 'context' (None: the run's eval.encoder)
                    overwrite: bool = False,     # write into a folder that is not empty
@@ -137,7 +137,7 @@ def export_encoder(checkpoint,                  # a checkpoint written by the ki
     return out
 
 # %% ../nbs/16_export.ipynb #14f448f4
-def load_encoder(path,                      # a checkpoint (.pt) written by the Trainer, or a folder from `export_encoder`
+def load_encoder(path,                      # a checkpoint (.pt) written by the Learner, or a folder from `export_encoder`
                  encoder: str | None = None, # 'target' or 'context' (None: the run's eval.encoder / the folder's)
                 ) -> VisionTransformer:
     "A timm ViT in eval mode with `num_classes=0`: `model(images)` gives the kit's pooled features `[B, D]`."
@@ -164,4 +164,4 @@ def export_cli(checkpoint: Param("checkpoint file written by hjepa-train (last.p
         h = json.loads((p/'config.json').read_text())['hjepa']
         print(f"{p}: {h['encoder']} encoder of {checkpoint} (step {h['step']}); "
               f"load with timm.create_model('local-dir:{p}', pretrained=True, num_classes=0)")
-    except _USER_ERRORS as e: _fail(prog, e)
+    except USER_ERRORS as e: fail(prog, e)

@@ -6,9 +6,15 @@
 from __future__ import annotations
 import html, io, math, re, threading, time, warnings
 from pathlib import Path
-from .masks import _outline, _infer_grid   # patch outlines and grid inference, shared with show_masks
+import yaml
 import torch
+from .config import Config, load_config, with_overrides
+from .data import denormalize
+from .show import draw_mosaic, infer_grid
 from .monitor import pca_rgb
+from .checkpoint import read_metrics
+from .train import Callback, Learner
+from .callbacks import make_learner
 
 # %% auto #0
 __all__ = ['PANEL_TITLES', 'in_notebook', 'ema_smooth', 'panel_keys', 'DashboardCanvas', 'render_dashboard', 'LiveDashboard',
@@ -74,8 +80,6 @@ def _series(history: list, key: str):
     return [r.get('step', i) for i, r in enumerate(rows)], [float(r[key]) for r in rows]
 
 # %% ../nbs/11_live.ipynb #b4dfc7b9
-_TGT_RGB = [(0.9, 0.1, 0.29), (0.24, 0.71, 1.0), (1.0, 0.88, 0.1), (0.24, 0.71, 0.29), (0.96, 0.51, 0.19), (0.57, 0.12, 0.71)]
-
 class DashboardCanvas:
     "The dashboard figure (Agg, no pyplot): metric panels and optionally a batch row, updated in place, rendered to PNG bytes."
     ncols = 4
@@ -119,7 +123,7 @@ class DashboardCanvas:
             self.lines[k] = self.panels[name].plot([], [], **style)[0]
         return self.lines[k]
 
-    def draw(self, history: list,          # metric rows (dicts of floats with 'step'), e.g. `trainer.history`
+    def draw(self, history: list,          # metric rows (dicts of floats with 'step'), e.g. `learn.history`
              batch: dict | None = None,    # a batch dict: 'images' [B,3,H,W] normalised, 'ctx_idx' [B,Nc], 'tgt_idx' list of [B,Nt]
              grid=None,                    # (rows, cols) of the patch grid; None: inferred from the masks
              smooth: float = 0.8,          # EMA factor of the smoothed curves
@@ -160,42 +164,16 @@ class DashboardCanvas:
         return self.fig
 
     def _draw_batch(self, ax, batch: dict, grid, pca=None):
-        "The first `n_images` images of `batch`, un-normalised, with context, dimmed unseen patches and tinted targets; `pca` below."
-        import numpy as np
-        from matplotlib.collections import LineCollection
+        "The first `n_images` images of `batch` with their masks (`show.draw_mosaic`), the target features' PCA below."
         n = min(self.n_images, len(batch['images']))
-        imgs = batch['images'][:n].detach().float().cpu()
-        try:
-            from hjepa_nb.data import denormalize
-            imgs = denormalize(imgs)
-        except ImportError: imgs = (imgs - imgs.amin()) / (imgs.amax() - imgs.amin()).clamp_min(1e-8)
-        ctx = batch['ctx_idx'][:n].detach().cpu().numpy()
-        tgts = [t[:n].detach().cpu().numpy() for t in batch['tgt_idx']]
-        H, W = grid if grid is not None else _infer_grid(imgs, ctx, tgts)
-        gap, segs = 0.08 * W, [[] for _ in tgts]
-        for i in range(n):
-            x0 = i * (W + gap)
-            ext = (x0, x0 + W, H, 0)
-            ax.imshow(imgs[i].permute(1, 2, 0).clamp(0, 1).numpy(), extent=ext, interpolation='bilinear')
-            over = np.zeros((H * W, 4)); over[:, 3] = 0.7                     # a veil over what the context encoder does not see
-            over[ctx[i], 3] = 0
-            for t, idx in enumerate(tgts):
-                over[idx[i]] = (*_TGT_RGB[t % len(_TGT_RGB)], 0.45)
-                m = np.zeros(H * W, bool); m[idx[i]] = True
-                segs[t] += [((a + x0, b), (c + x0, d)) for (a, b), (c, d) in _outline(m.reshape(H, W))]
-            ax.imshow(over.reshape(H, W, 4), extent=ext, interpolation='nearest')
-        for t, sg in enumerate(segs): ax.add_collection(LineCollection(sg, colors=[_TGT_RGB[t % len(_TGT_RGB)]], linewidths=1.5))
-        bottom = H
-        if pca is not None:                                                    # the target encoder's patch PCA as RGB
-            for i in range(min(n, len(pca))):
-                x0 = i * (W + gap)
-                ax.imshow(pca[i].detach().float().cpu().numpy(), extent=(x0, x0 + W, 2 * H + gap, H + gap), interpolation='nearest')
-            bottom = 2 * H + gap
-            ax.text(n * (W + gap) - gap, bottom + 0.04 * H, 'below: target features, first 3 principal components as RGB',
-                    fontsize=8, va='top', ha='right')
-        ax.set_xlim(-gap / 2, n * (W + gap) - gap / 2); ax.set_ylim(bottom + 0.1 * H, -0.02 * H); ax.set_aspect('equal')
-        ax.text(0, H + 0.04 * H, f"current batch: {H}x{W} grid, context {ctx.shape[1]} patches, {len(tgts)} targets of "
-                f"{tgts[0].shape[1]}", fontsize=8, va='top')
+        imgs = denormalize(batch['images'][:n].detach().float().cpu()).clamp(0, 1)
+        ctx, tgts = batch['ctx_idx'][:n].cpu(), [t[:n].cpu() for t in batch['tgt_idx']]
+        grid = tuple(grid) if grid is not None else infer_grid(imgs, ctx, tgts)
+        below = [p.detach().float().cpu().numpy() for p in pca[:n]] if pca is not None else None
+        draw_mosaic(ax, imgs, ctx, tgts, grid, ncols=n, below=below)
+        ax.text(0, 1.02, f"current batch: {grid[0]}x{grid[1]} grid, context {ctx.shape[1]} patches, {len(tgts)} targets of "
+                f"{tgts[0].shape[1]}" + ('; below: target features, first 3 principal components as RGB' if below else ''),
+                fontsize=8, va='bottom', transform=ax.transAxes)
 
     def png(self) -> bytes:
         "The figure as PNG bytes (fast zlib level)."
@@ -203,7 +181,7 @@ class DashboardCanvas:
         self.fig.savefig(buf, format='png', dpi=self.dpi, pil_kwargs=dict(compress_level=1))
         return buf.getvalue()
 
-def render_dashboard(history: list,        # metric rows, e.g. `trainer.history` or `read_metrics(run_dir)`
+def render_dashboard(history: list,        # metric rows, e.g. `learn.history` or `read_metrics(run_dir)`
                      batch: dict | None = None, # a batch dict to draw with its masks (None: no image row)
                      grid=None,            # (rows, cols) of the patch grid; None: inferred
                      smooth: float = 0.8,  # EMA factor of the smoothed curves
@@ -220,8 +198,8 @@ def _hms(s: float) -> str:
     s = int(max(s, 0))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
-class LiveDashboard:
-    "Trainer callback: a live dashboard (ipywidgets + matplotlib PNG) in a notebook; a no-op elsewhere."
+class LiveDashboard(Callback):
+    "Learner callback: a live dashboard (ipywidgets + matplotlib PNG) in a notebook; a no-op elsewhere."
     order = 100                                  # after KNNEval (20) and CollapseMonitor (60), whose numbers it shows
     def __init__(self, every: int = 10,          # fewest optimizer steps between two redraws of the figure
                  min_interval_s: float = 1.0,    # fewest seconds between two redraws
@@ -248,9 +226,9 @@ class LiveDashboard:
         self.error, self.total, self.step0, self.grid = None, None, 0, None
 
     # --- the callback --------------------------------------------------------------------
-    def before_fit(self, trainer):
+    def before_fit(self, learn):
         self._reset()
-        self.on = bool(in_notebook() if self.active is None else self.active) and getattr(trainer, 'is_main', True)
+        self.on = bool(in_notebook() if self.active is None else self.active) and getattr(learn, 'is_main', True)
         if not self.on: return
         self.t0 = self.clock()
         import ipywidgets as W
@@ -259,34 +237,34 @@ class LiveDashboard:
         self.image.add_class('hjepa-live-figure')
         self.widget = W.VBox([self.status, self.image]); self.widget.add_class('hjepa-live')
         self.canvas = DashboardCanvas(with_batch=self.n_images > 0, n_images=max(self.n_images, 1), dpi=self.dpi)
-        self.total, self.step0 = getattr(trainer, 'total_steps', None), getattr(trainer, 'step', 0)
-        try: self.grid = tuple(trainer.cfg.grid)
+        self.total, self.step0 = getattr(learn, 'total_steps', None), getattr(learn, 'step', 0)
+        try: self.grid = tuple(learn.cfg.grid)
         except Exception: self.grid = None
         if self.show:
             from IPython.display import display
             display(self.widget)
         self.setup_cost = self.clock() - self.t0
 
-    def after_step(self, trainer):
-        if not self.on or len(trainer.history) == self.rows_seen: return   # nothing new: costs one comparison
+    def after_batch(self, learn):
+        if not self.on or len(learn.history) == self.rows_seen: return   # nothing new: costs one comparison
         t = self.clock()
-        self.rows_seen = len(trainer.history)
+        self.rows_seen = len(learn.history)
         if self.draws == 0 and self.error is None:              # the first picture: as soon as there is a row
-            self._draw(trainer)
+            self._draw(learn)
             self.first_cost = self.clock() - t
             t = self.clock()
-        elif self.error is None and self.due(trainer.step, t): self._draw(trainer)
-        self._set_status(trainer)
+        elif self.error is None and self.due(learn.step, t): self._draw(learn)
+        self._set_status(learn)
         self.loop_cost += self.clock() - t
 
-    def after_fit(self, trainer):
+    def after_fit(self, learn):
         if not self.on: return
         t = self.clock()
-        self.rows_seen = len(trainer.history)
-        if self.error is None and self.drawn_rows != len(trainer.history): self._draw(trainer)
+        self.rows_seen = len(learn.history)
+        if self.error is None and self.drawn_rows != len(learn.history): self._draw(learn)
         self.t_end = self.clock()
         self.final_cost = self.t_end - t
-        self._set_status(trainer, done=True)
+        self._set_status(learn, done=True)
 
     # --- the budget ----------------------------------------------------------------------
     def due(self, step: int, now: float) -> bool:
@@ -319,35 +297,35 @@ class LiveDashboard:
         return self.loop_cost / self.elapsed if self.elapsed > 0 else 0.0
 
     # --- drawing -------------------------------------------------------------------------
-    def _render(self, trainer) -> bytes:
-        "PNG bytes of the dashboard for `trainer`'s history and current batch."
-        batch = getattr(trainer, 'batch', None) if self.n_images > 0 else None
+    def _render(self, learn) -> bytes:
+        "PNG bytes of the dashboard for `learn`'s history and current batch."
+        batch = getattr(learn, 'batch', None) if self.n_images > 0 else None
         if batch is not None:
             n = self.n_images
             batch = {'images': batch['images'][:n], 'ctx_idx': batch['ctx_idx'][:n], 'tgt_idx': [t[:n] for t in batch['tgt_idx']]}
         pca = None
-        m = getattr(trainer, 'model', None)
+        m = getattr(learn, 'model', None)
         if batch is not None and hasattr(m, 'target_encoder') and self.grid is not None:
-            with torch.no_grad(): pca = pca_rgb(m.target_encoder(batch['images'].to(trainer.device)), self.grid)
-        self.canvas.draw(trainer.history, batch, self.grid, self.smooth, pca=pca)
+            with torch.no_grad(): pca = pca_rgb(m.target_encoder(batch['images'].to(learn.device)), self.grid)
+        self.canvas.draw(learn.history, batch, self.grid, self.smooth, pca=pca)
         return self.canvas.png()
 
     def _fail(self, e: Exception):
         self.error = f"{type(e).__name__}: {e}"
         warnings.warn(f"LiveDashboard: drawing failed and is switched off ({self.error})", stacklevel=3)
 
-    def _draw(self, trainer):
+    def _draw(self, learn):
         t = self.clock()
-        try: self.image.value = self._render(trainer)
+        try: self.image.value = self._render(learn)
         except Exception as e: return self._fail(e)          # never stop a training run for a picture
         dt = self.clock() - t
         self.draws, self.est, self.max_draw = self.draws + 1, dt, max(self.max_draw, dt)
-        self.drawn_rows, self.drawn_step, self.last_draw = len(trainer.history), trainer.step, self.clock()
+        self.drawn_rows, self.drawn_step, self.last_draw = len(learn.history), learn.step, self.clock()
 
-    def status_text(self, trainer, done: bool = False) -> str:
+    def status_text(self, learn, done: bool = False) -> str:
         "The status line: step, loss, throughput, elapsed time, ETA and the dashboard's share of the time."
-        last = trainer.history[-1] if trainer.history else {}
-        step, total = trainer.step, self.total
+        last = learn.history[-1] if learn.history else {}
+        step, total = learn.step, self.total
         el = self.elapsed
         parts = [f"step {step}" + (f"/{total}" if total else '')]
         if 'loss' in last: parts.append(f"loss {last['loss']:.4f}")
@@ -362,39 +340,28 @@ class LiveDashboard:
         if self.error: s += f' &middot; <span style="color:#b00020">drawing off: {html.escape(self.error)}</span>'
         return f'<b>H-JEPA</b> &middot; {s}'
 
-    def _set_status(self, trainer, done: bool = False):
-        self.status.value = self.status_text(trainer, done)
+    def _set_status(self, learn, done: bool = False):
+        self.status.value = self.status_text(learn, done)
 
 # %% ../nbs/11_live.ipynb #d21e17d5
-def _with_overrides(cfg, overrides):
-    "A copy of `cfg` with dotted `overrides` applied and validated (the given `Config` is not changed)."
-    from hjepa_nb.config import config_to_dict, from_dict, _parse_override, _set_dotted
-    d = config_to_dict(cfg)
-    for o in overrides:
-        k, v = _parse_override(o)
-        _set_dotted(d, k, v)
-    return from_dict(d, ' (overrides)')
-
 def train_with_dashboard(cfg_or_path,             # a `Config`, or a YAML path (relative to the notebook)
                          overrides=(),            # dotted overrides, e.g. ['train.max_steps=100']
                          every: int = 10,         # fewest steps between redraws (see `LiveDashboard`)
                          active: bool | None = None, # None: draw only in a Jupyter kernel; True: always
-                         callbacks=(),            # more Trainer callbacks
+                         cbs=(),                  # more Learner callbacks
                          dashboard_kw: dict | None = None, # more `LiveDashboard` arguments
-                         **kw,                    # `Trainer` arguments: out_dir, resume, model, datasets, quiet
-                        ):                        # the fitted `Trainer`, with `.dashboard`
-    "Train with a `LiveDashboard` under the cell and return the `Trainer`."
-    from hjepa_nb.config import Config, load_config
-    from hjepa_nb.train import Trainer
-    if isinstance(cfg_or_path, Config): cfg = _with_overrides(cfg_or_path, overrides) if overrides else cfg_or_path
+                         quiet: bool | None = None, # no progress bar (default: when the dashboard draws)
+                         **kw,                    # `Learner` arguments: out_dir, resume, model, datasets
+                        ) -> Learner:             # the fitted `Learner`, with `.dashboard`
+    "Train with a `LiveDashboard` under the cell and return the `Learner`."
+    if isinstance(cfg_or_path, Config): cfg = with_overrides(cfg_or_path, overrides)
     else: cfg = load_config(cfg_or_path, list(overrides))
     dash = LiveDashboard(every=every, active=active, **(dashboard_kw or {}))
     on = in_notebook() if active is None else active
-    kw.setdefault('quiet', bool(on))
-    trainer = Trainer(cfg, callbacks=[*callbacks, dash], **kw)
-    trainer.dashboard = dash
-    trainer.fit()
-    return trainer
+    learn = make_learner(cfg, [*cbs, dash], quiet=bool(on) if quiet is None else quiet, **kw)
+    learn.dashboard = dash
+    learn.fit()
+    return learn
 
 # %% ../nbs/11_live.ipynb #1e56cdc8
 def plot_metrics(run_dir,                  # a run folder (with metrics.jsonl) or the metrics.jsonl file
@@ -403,7 +370,6 @@ def plot_metrics(run_dir,                  # a run folder (with metrics.jsonl) o
                  dpi: int = 80,            # resolution
                 ):                         # a matplotlib Figure (displayed by Jupyter)
     "The dashboard's metric panels for the run in `run_dir`."
-    from hjepa_nb.train import read_metrics
     p = Path(run_dir)
     f = p / 'metrics.jsonl' if p.is_dir() else p
     if not f.exists(): raise FileNotFoundError(f"plot_metrics: no metrics file at {f} (a run folder holds metrics.jsonl once the first row is logged)")
@@ -418,7 +384,6 @@ def _run_finished(run_dir: Path, rows: list) -> bool:
     "Whether the last row is the run's last step (by `train.max_steps` or `train.epochs` in the run's config.yaml)."
     if not rows: return False
     try:
-        import yaml
         t = (yaml.safe_load((run_dir / 'config.yaml').read_text()) or {}).get('train', {})
     except (OSError, ValueError, AttributeError): return False
     last = rows[-1]
@@ -435,7 +400,6 @@ def watch_run(run_dir,                 # the run folder that is (or will be) wri
              ):                        # an ipywidgets VBox with `.status`, `.image`, `.refresh()`, `.stop()`, `.thread`, `.finished`
     "An ipywidgets picture of the run's metric panels, refreshed from `run_dir/metrics.jsonl` until the run ends."
     import ipywidgets as W
-    from hjepa_nb.train import read_metrics
     run_dir = Path(run_dir)
     status = W.HTML(value=f'waiting for {html.escape(str(run_dir / "metrics.jsonl"))}...'); status.add_class('hjepa-watch-status')
     image = W.Image(format='png', layout=W.Layout(max_width='100%', height='auto')); image.add_class('hjepa-watch-figure')

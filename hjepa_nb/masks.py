@@ -4,16 +4,16 @@
 
 # %% ../nbs/02_masks.ipynb #8018c75e
 from __future__ import annotations
-import html, io, math, multiprocessing as mp, os, time
+import math, multiprocessing as mp, os
 from contextlib import contextmanager
 import torch
 from torch import Tensor
 from torch.utils.data import get_worker_info
 from fastcore.basics import patch
-from .config import ConfigError
+from .core import ConfigError, mix
 
 # %% auto #0
-__all__ = ['block_size', 'MultiBlockMaskCollator', 'show_masks', 'mask_stats', 'mask_explorer']
+__all__ = ['block_size', 'MultiBlockMaskCollator', 'mask_stats']
 
 # %% ../nbs/02_masks.ipynb #d736bedd
 def block_size(scale,      # fraction of the grid's patches (float or tensor)
@@ -79,18 +79,6 @@ def _place(ht: Tensor, wt: Tensor, hc: Tensor, wc: Tensor, T: int, grid, g: torc
                 tgt_top_left=torch.stack([tt, tl], -1), ctx_top_left=torch.stack([ct, cl], -1))
 
 # %% ../nbs/02_masks.ipynb #65e08046
-_M64 = (1 << 64) - 1
-
-def _mix(*xs: int) -> int:
-    "A 63-bit seed from ints (splitmix64 rounds): nearby inputs give unrelated generators."
-    z = 0x9E3779B97F4A7C15
-    for x in xs:
-        z = ((z ^ (int(x) & _M64)) + 0x9E3779B97F4A7C15) & _M64
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
-        z ^= z >> 31
-    return z & ((1 << 63) - 1)
-
 def _shared(vals: list, method: str | None = None):
     "Int64 array in shared memory with a lock, from the default (or `method`'s) multiprocessing context."
     return mp.get_context(method).Array('q', vals)
@@ -248,7 +236,7 @@ def _rank(self: MultiBlockMaskCollator) -> int:
 def _generator(self: MultiBlockMaskCollator, step: int | None = None):
     "The generator of batch `step` (None: the next step of the counter) and that step."
     if step is None: step = self._counter.next()
-    return torch.Generator().manual_seed(_mix(self.seed, self._rank(), step)), step
+    return torch.Generator().manual_seed(mix(self.seed, self._rank(), step)), step
 
 @patch
 def _blocks(self: MultiBlockMaskCollator, n: int, g: torch.Generator, per_sample: bool = False) -> dict:
@@ -355,103 +343,13 @@ def __getstate__(self: MultiBlockMaskCollator):
     if self.rank is None and d['_dist_rank'] is None: d['_dist_rank'] = self._rank()  # spawned workers cannot see the group
     return d
 
-# %% ../nbs/02_masks.ipynb #14bde3a6
-_COLORS = ['#e6194b', '#3cb4ff', '#ffe119', '#3cb44b', '#f58231', '#911eb4', '#f032e6', '#46f0f0']
-
-def _to_hwc(img: Tensor):
-    "An image `[3, H, W]` (uint8, or float in any range) as a float numpy array `[H, W, 3]` in 0..1."
-    x = img.detach().cpu().numpy().transpose(1, 2, 0).astype('float32')
-    if img.dtype == torch.uint8: return x / 255
-    lo, hi = x.min(), x.max()
-    if lo < 0 or hi > 1: x = (x - lo) / max(hi - lo, 1e-8)
-    return x.clip(0, 1)
-
-def _outline(m):
-    "Edge segments (in grid coordinates) around the patches set in bool numpy `m` [H, W]."
-    import numpy as np
-    p = np.pad(m, 1)
-    hr, hc = np.nonzero(p[1:, 1:-1] != p[:-1, 1:-1])     # horizontal edges at y=r, x in [c, c+1]
-    vr, vc = np.nonzero(p[1:-1, 1:] != p[1:-1, :-1])     # vertical edges at x=c, y in [r, r+1]
-    return [((c, r), (c + 1, r)) for r, c in zip(hr, hc)] + [((c, r), (c, r + 1)) for r, c in zip(vr, vc)]
-
-def _draw_mosaic(ax, images: Tensor, ctx_idx: Tensor, tgt_idx: list, grid, ncols: int, dim: float = 0.3, lw: float = 1.5):
-    "Draw images side by side on one axes (in patch units): context visible, the rest dimmed, targets tinted and outlined."
-    import numpy as np
-    from matplotlib.collections import LineCollection
-    H, W = grid
-    gap = 0.06 * max(H, W)
-    n, T = len(images), len(tgt_idx)
-    segs = [[] for _ in range(T)]
-    for i in range(n):
-        x0, y0 = (i % ncols) * (W + gap), (i // ncols) * (H + gap)
-        ext = (x0, x0 + W, y0 + H, y0)
-        ax.imshow(_to_hwc(images[i]), extent=ext, interpolation='nearest')
-        over = np.zeros((H * W, 4)); over[:, 3] = 1 - dim                 # black veil over everything
-        over[ctx_idx[i].cpu().numpy(), 3] = 0                             # lifted over the context
-        for t in range(T):
-            idx = tgt_idx[t][i].cpu().numpy()
-            over[idx] = (*_rgb(_COLORS[t % len(_COLORS)]), 0.45)
-            m = np.zeros(H * W, bool); m[idx] = True
-            segs[t] += [((a + x0, b + y0), (c + x0, d + y0)) for (a, b), (c, d) in _outline(m.reshape(H, W))]
-        ax.imshow(over.reshape(H, W, 4), extent=ext, interpolation='nearest')
-    for t in range(T): ax.add_collection(LineCollection(segs[t], colors=_COLORS[t % len(_COLORS)], linewidths=lw))
-    nr = math.ceil(n / ncols)
-    ax.set_xlim(-gap / 4, min(n, ncols) * (W + gap) - gap * 3 / 4); ax.set_ylim(nr * (H + gap) - gap * 3 / 4, -gap / 4)
-    ax.set_aspect('equal'); ax.axis('off')
-
-def _rgb(c: str): return tuple(int(c[i:i + 2], 16) / 255 for i in (1, 3, 5))
-
-def _legend_handles(T: int, dim: float):
-    from matplotlib.patches import Patch
-    return ([Patch(facecolor='white', edgecolor='gray', label='context (seen)'),
-             Patch(facecolor=(0, 0, 0, 1 - dim), label='not seen')] +
-            [Patch(facecolor=_COLORS[t % len(_COLORS)], alpha=0.6, label=f'target {t + 1}') for t in range(T)])
-
-def _infer_grid(images: Tensor, ctx_idx: Tensor, tgt_idx: list):
-    "The smallest square grid dividing the image that holds every index."
-    n = max(int(ctx_idx.max()), *(int(t.max()) for t in tgt_idx)) + 1
-    H, W = images.shape[-2:]
-    g = math.isqrt(n - 1) + 1
-    while H % g or W % g:
-        g += 1
-        if g > min(H, W): raise ValueError(f"cannot infer the patch grid from images {list(images.shape)}; pass grid=(rows, cols)")
-    return (g, g)
-
-def show_masks(images: Tensor,   # `[B, 3, H, W]` uint8 or float (any range: min-max scaled)
-               ctx_idx: Tensor,  # `[B, Nc]` int64 context indices
-               tgt_idx: list,    # target indices, one `[B, Nt]` tensor per block
-               grid=None,        # (rows, cols) of the patch grid, or an int; None: the smallest square grid that fits
-               n: int | None = None,      # images to show (default: all, at most 8)
-               ncols: int = 4,   # images per row
-               dim: float = 0.3, # brightness left on patches the context encoder does not see
-               size: float = 2.0, # inches per image
-               title: str | None = None,
-              ):                 # a matplotlib Figure
-    "Draw images with the context visible, the rest dimmed, and each target block in its own colour."
-    import matplotlib.pyplot as plt
-    if isinstance(grid, int): grid = (grid, grid)
-    grid = tuple(grid) if grid is not None else _infer_grid(images, ctx_idx, tgt_idx)
-    n = min(len(images), 8) if n is None else min(n, len(images))
-    ncols = min(ncols, n); nrows = math.ceil(n / ncols)
-    info = f"{grid[0]}x{grid[1]} grid: {ctx_idx.shape[1]} context patches, {len(tgt_idx)} targets of {tgt_idx[0].shape[1]}"
-    head, foot = (0.55 if title else 0.3), 0.4                         # inches for the title lines and the legend
-    height = size * nrows + head + foot
-    fig = plt.figure(figsize=(size * ncols, height))
-    ax = fig.add_axes((0.01, foot / height, 0.98, 1 - (head + foot) / height))   # one axes: images side by side
-    _draw_mosaic(ax, images[:n], ctx_idx[:n], [t[:n] for t in tgt_idx], grid, ncols, dim)
-    fig.suptitle(f"{title}\n{info}" if title else info, fontsize=9, y=1 - 0.05 / height, va='top')
-    fig.legend(handles=_legend_handles(len(tgt_idx), dim), loc='lower center', ncol=min(len(tgt_idx) + 2, 6),
-               frameon=False, fontsize=8)
-    plt.close(fig)  # the caller shows or saves it; pyplot keeps no reference
-    return fig
-
 # %% ../nbs/02_masks.ipynb #c179f081
 def mask_stats(collator: MultiBlockMaskCollator, # the sampler to measure
                n: int = 1000,                   # draws (images)
                seed: int = 0,                   # seed of the statistics' own generator
               ) -> dict:
     "Context size, target coverage and per-patch frequencies over `n` independent draws."
-    g = torch.Generator().manual_seed(_mix(collator.seed, 0x5747, seed))
+    g = torch.Generator().manual_seed(mix(collator.seed, 0x5747, seed))
     H, W = collator.grid
     with _one_thread():
         blk = collator._blocks(n, g, per_sample=True)
@@ -462,85 +360,3 @@ def mask_stats(collator: MultiBlockMaskCollator, # the sampler to measure
                     mean_ctx=ctx_size.mean().item(), mean_ctx_frac=ctx_size.mean().item() / (H * W),
                     mean_tgt_coverage=cover.mean().item(), min_ctx=int(ctx_size.min().item()),
                     heat=union.float().mean(0), ctx_heat=blk['context'].float().mean(0))
-
-# %% ../nbs/02_masks.ipynb #0855c398
-class _MaskCanvas:
-    "The explorer's figure (images with masks, then the target heat map), redrawn in place and returned as PNG bytes."
-    def __init__(self, n: int, dpi: int = 72):
-        from matplotlib.figure import Figure
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        self.n, self.dpi = n, dpi
-        self.fig = Figure(figsize=(2.1 * (n + 1), 2.6), dpi=dpi)
-        FigureCanvasAgg(self.fig)                      # no pyplot: nothing to close, nothing kept alive
-        self.ax, self.heat = self.fig.subplots(1, 2, width_ratios=[n, 1])
-        self.fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.16, wspace=0.04)
-
-    def render(self, images: Tensor, ctx_idx: Tensor, tgt_idx: list, grid, heat: Tensor) -> bytes:
-        for ax in (self.ax, self.heat):
-            for a in list(ax.images) + list(ax.collections): a.remove()
-        for leg in list(self.fig.legends): leg.remove()
-        _draw_mosaic(self.ax, images, ctx_idx, tgt_idx, grid, ncols=self.n)
-        self.heat.imshow(heat.numpy(), cmap='magma', vmin=0, vmax=1, interpolation='nearest')
-        self.heat.set_title('P(patch in a target)', fontsize=9); self.heat.set_xticks([]); self.heat.set_yticks([])
-        self.fig.legend(handles=_legend_handles(len(tgt_idx), 0.3), loc='lower center', ncol=min(len(tgt_idx) + 2, 10),
-                        frameon=False, fontsize=8)
-        buf = io.BytesIO()
-        self.fig.savefig(buf, format='png', dpi=self.dpi, pil_kwargs=dict(compress_level=1))
-        return buf.getvalue()
-
-def mask_explorer(images: Tensor | None = None, # `[n, 3, H, W]` images to draw on; None: 4 CIFAR-10 test images
-                  n_stats: int = 200,           # draws behind the live statistics
-                  seed: int = 0,                # initial seed slider value
-                 ):                             # an `ipywidgets.VBox` with `.sliders`, `.stats`, `.figure`, `.draws`, `.last`, `.redraw`
-    "Sliders for the mask settings that redraw the masks, a target heat map and statistics on every change."
-    import ipywidgets as widgets
-    if images is None:
-        from hjepa_nb.data import demo_images
-        images, _ = demo_images(4, size=112, verbose=False)
-    sl = dict(
-        pred_scale=widgets.FloatRangeSlider(value=(0.15, 0.2), min=0.02, max=0.6, step=0.01, description='target scale'),
-        pred_aspect=widgets.FloatRangeSlider(value=(0.75, 1.5), min=0.25, max=3.0, step=0.05, description='target aspect'),
-        num_targets=widgets.IntSlider(value=4, min=1, max=8, description='targets'),
-        enc_scale=widgets.FloatRangeSlider(value=(0.85, 1.0), min=0.2, max=1.0, step=0.01, description='context scale'),
-        min_keep=widgets.IntSlider(value=10, min=1, max=64, description='min keep'),
-        grid=widgets.IntSlider(value=8, min=4, max=16, description='grid side'),
-        seed=widgets.IntSlider(value=seed, min=0, max=99, description='seed'))
-    for k, s in sl.items():
-        s.continuous_update = False
-        s.style.description_width = '90px'; s.layout.width = '360px'
-        s.add_class(f'hjepa-slider-{k}')
-    stats = widgets.HTML(); stats.add_class('hjepa-mask-stats')
-    figure = widgets.Image(format='png'); figure.add_class('hjepa-mask-figure')
-    box = widgets.VBox([widgets.GridBox(list(sl.values()), layout=widgets.Layout(grid_template_columns='repeat(2, 370px)')),
-                        stats, figure])
-    box.sliders, box.stats, box.figure, box.images = sl, stats, figure, images
-    box.draws, box.last, box.error, box.last_ms = 0, None, None, None
-    canvas = _MaskCanvas(len(images))
-
-    def redraw(change=None):
-        t0 = time.perf_counter()
-        v = {k: s.value for k, s in sl.items()}
-        try:
-            c = MultiBlockMaskCollator(grid=(v['grid'], v['grid']), num_targets=v['num_targets'],
-                                       pred_scale=tuple(v['pred_scale']), pred_aspect=tuple(v['pred_aspect']),
-                                       enc_scale=tuple(v['enc_scale']), min_keep=v['min_keep'], seed=v['seed'])
-            ctx_idx, tgt_idx = c.sample_masks(len(images), step=0)
-            st = mask_stats(c, n_stats)
-        except (ConfigError, RuntimeError) as e:
-            box.error = str(e)
-            stats.value = f'<span style="color:#b00020"><b>cannot sample:</b> {html.escape(str(e))}</span>'
-            return
-        figure.value = canvas.render(images, ctx_idx, tgt_idx, c.grid, st['heat'])
-        g, N = v['grid'], v['grid'] ** 2
-        stats.value = (f"grid {g}x{g} ({N} patches); this batch: context {ctx_idx.shape[1]} patches, "
-                       f"{len(tgt_idx)} targets of {tgt_idx[0].shape[1]} patches; over {n_stats} draws: "
-                       f"<b>mean context {st['mean_ctx']:.1f} patches ({st['mean_ctx_frac']:.0%})</b>, "
-                       f"<b>target coverage {st['mean_tgt_coverage']:.0%}</b>, fewest context {st['min_ctx']}")
-        box.error, box.draws = None, box.draws + 1
-        box.last = dict(collator=c, ctx_idx=ctx_idx, tgt_idx=tgt_idx, stats=st)
-        box.last_ms = 1000 * (time.perf_counter() - t0)
-
-    for s in sl.values(): s.observe(redraw, names='value')
-    box.redraw = redraw
-    redraw()
-    return box

@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 from .patches import apply_masks
 from .loss import level_loss
-from .data import denormalize
+from .core import to_device
+from .masks import MultiBlockMaskCollator
+from .data import SeededItems, SeededMasks, denormalize
 
 # %% auto #0
 __all__ = ['CollapseWarning', 'feature_std', 'effective_rank', 'mean_cosine', 'collapse_metrics', 'energy_split',
-           'content_diagnostics', 'CollapseMonitor', 'pca_rgb', 'pca_figure']
+           'content_diagnostics', 'held_out_batch', 'CollapseMonitor', 'pca_rgb', 'pca_figure']
 
 # %% ../nbs/09_monitor.ipynb #c21abca2
 class CollapseWarning(UserWarning):
@@ -85,8 +87,14 @@ def content_diagnostics(model,        # an HJEPA (needs `target_features`, `crit
     return out
 
 # %% ../nbs/09_monitor.ipynb #7ae975eb
+def held_out_batch(cfg, ds, device='cpu', n: int = 64) -> dict:
+    "A fixed batch of the first `n` images of `ds` with fixed masks and augmentations (the same at every check and on resume)."
+    items = SeededItems(ds, 777)
+    batch = SeededMasks(MultiBlockMaskCollator.from_config(cfg, seed=12345, rank=0))([items[(i, 0)] for i in range(min(n, len(ds)))])
+    return to_device(batch, device)
+
 class CollapseMonitor:
-    "Trainer callback: collapse metrics of targets, predictions and embeddings on `trainer.eval_batch` every `every` steps."
+    "Learner callback: collapse metrics of targets, predictions and embeddings on a held-out batch every `every` steps."
     order = 60
     def __init__(self, every: int = 50,         # optimizer steps between checks (0: off)
                  std_min: float = 0.1,          # warn when std < std_min / sqrt(D) (healthy: ~1 / sqrt(D))
@@ -141,13 +149,17 @@ class CollapseMonitor:
                           ". Check the loss scale, optim.lr and the EMA (optim.ema)", CollapseWarning, stacklevel=2)
         return bad
 
-    def after_step(self, trainer):
-        if not self.every or trainer.step % self.every or not getattr(trainer, 'is_main', True): return
-        batch = getattr(trainer, 'eval_batch', None) or trainer.batch
-        m = self.measure(trainer.model, batch)
-        self.history.append(dict(step=trainer.step, **m))
-        trainer.log({k: v for k, v in m.items() if k != 'dim'})
-        self.check(m, trainer.step)
+    def before_fit(self, learn):
+        "The held-out batch: from the test set if there is one, else from the start of the training set."
+        ds = learn.test_ds if learn.test_ds is not None else learn.train_ds
+        self.batch = held_out_batch(learn.cfg, ds, learn.device)
+
+    def after_batch(self, learn):
+        if not self.every or learn.step % self.every or not learn.is_main: return
+        m = self.measure(learn.model, self.batch)
+        self.history.append(dict(step=learn.step, **m))
+        learn.log({k: v for k, v in m.items() if k != 'dim'})
+        self.check(m, learn.step)
 
     def plot(self, axs=None):
         "std (times sqrt(D)), effective rank and mean cosine of the three feature kinds over the recorded steps."

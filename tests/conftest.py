@@ -6,7 +6,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_CIFAR = ROOT.parent / 'shared' / 'data' / 'cifar10'
 
 # The same small, seconds-long settings the notebooks use (hjepa_nb.train.TINY_OVERRIDES).
-from hjepa_nb.train import TINY_OVERRIDES
+from hjepa_nb.config import TINY_OVERRIDES
 
 def cli(prog, *args, timeout=600, env=None, cwd=ROOT):
     "Run a console script as a user would; returns the CompletedProcess."

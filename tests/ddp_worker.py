@@ -2,14 +2,17 @@
 import os, sys
 from pathlib import Path
 import torch
-from hjepa_nb.train import Trainer, tiny_config
-from hjepa_nb.distributed import cleanup_distributed
+from hjepa_nb.config import tiny_config
+from hjepa_nb.callbacks import make_learner
+from hjepa_nb.distributed import cleanup_distributed, setup_distributed
 
 if __name__ == '__main__':
     out, ov = sys.argv[1], sys.argv[2:]
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f"pid{os.environ.get('RANK', 0)}").write_text(str(os.getpid()))
-    tr = Trainer(tiny_config(out, *ov), quiet=True)
-    tr.fit()
-    torch.save(tr.model.state_dict(), Path(out) / f'rank{tr.rank}.pt')
+    cfg = tiny_config(out, *ov)
+    setup_distributed(cfg)
+    learn = make_learner(cfg, quiet=True)
+    learn.fit()
+    torch.save(learn.model.state_dict(), Path(out) / f'rank{learn.rank}.pt')
     cleanup_distributed()

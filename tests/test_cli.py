@@ -3,7 +3,7 @@ import json, os, signal, subprocess, sys, time, shutil
 from pathlib import Path
 import pytest, torch
 from conftest import ROOT, SHARED_CIFAR, cli
-from hjepa_nb.train import read_metrics, load_checkpoint
+from hjepa_nb.checkpoint import read_metrics, load_checkpoint
 
 def test_demo_config_end_to_end(tmp_path):
     "The README's main command, as written, on the offline sample."
@@ -64,16 +64,16 @@ def test_sigterm_writes_last_checkpoint(tmp_path, tiny):
     st = load_checkpoint(run / 'last.pt')
     assert st['step'] >= 3 and 'last.pt written' in err
 
-def test_cpu_math_restart_and_switch(tmp_path, tiny):
-    "On an AMD CPU hjepa-train restarts itself with MKL's fast kernels, says so, and trains the same run to fp32 rounding."
-    from hjepa_nb.fastmath import cpu_math_plan
+def test_fastmath_opt_in(tmp_path, tiny):
+    "Only with train.cpu_math=fastmath does hjepa-train restart itself with MKL's fast kernels (on AMD), say so, and train the same run to fp32 rounding."
+    from hjepa_nb.fastmath import fastmath_plan
     ov = [*tiny, 'train.max_steps=4', 'log.every=1']
-    env = {'HJEPA_CPU_MATH': '', 'LD_PRELOAD': ''}
-    fast = cli('hjepa-train', 'configs/demo.yaml', *ov, '--out', tmp_path / 'a', env=env)
-    plain = cli('hjepa-train', 'configs/demo.yaml', *ov, 'train.cpu_math=default', '--out', tmp_path / 'b', env=env)
+    env = {'HJEPA_FASTMATH': '', 'LD_PRELOAD': ''}
+    fast = cli('hjepa-train', 'configs/demo.yaml', *ov, 'train.cpu_math=fastmath', '--out', tmp_path / 'a', env=env)
+    plain = cli('hjepa-train', 'configs/demo.yaml', *ov, '--out', tmp_path / 'b', env=env)
     assert fast.returncode == 0 and plain.returncode == 0, (fast.stderr[-2000:], plain.stderr[-2000:])
     assert 'fp32 math' not in plain.stderr
-    assert ('fp32 math: MKL' in fast.stderr) == (cpu_math_plan('auto').preload is not None), fast.stderr[-2000:]
+    assert ('fp32 math: MKL' in fast.stderr) == (fastmath_plan('fastmath').preload is not None), fast.stderr[-2000:]
     a, b = read_metrics(tmp_path / 'a'), read_metrics(tmp_path / 'b')
     assert [x['step'] for x in a] == [x['step'] for x in b] == [1, 2, 3, 4]
     for x, y in zip(a, b): assert abs(x['loss'] - y['loss']) <= 1e-3 * abs(y['loss']), (x['loss'], y['loss'])

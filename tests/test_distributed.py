@@ -3,7 +3,7 @@ import os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
 from conftest import ROOT
-from hjepa_nb.train import read_metrics, load_checkpoint
+from hjepa_nb.checkpoint import read_metrics, load_checkpoint
 
 WORKER = Path(__file__).parent / 'ddp_worker.py'
 COMMON = ['train.max_steps=10', 'log.every=1', 'train.ckpt_every=5', 'train.threads=1']

@@ -4,7 +4,8 @@ import json, subprocess, sys, textwrap
 from pathlib import Path
 import pytest, torch
 from conftest import cli
-from hjepa_nb.train import TINY_OVERRIDES, load_checkpoint
+from hjepa_nb.config import TINY_OVERRIDES
+from hjepa_nb.checkpoint import load_checkpoint
 from hjepa_nb.config import from_dict
 from hjepa_nb.hjepa import HJEPA
 from hjepa_nb.data import SyntheticShapes, eval_transform
