@@ -36,14 +36,15 @@ def _fast_math(prog: str, mode: str, device: str = 'auto', quiet: bool = False):
         return
     relaunch(mode)
 
-def train_main(config: str, overrides=(), out: str | None = None, resume: bool = False, quiet: bool = False):
+def train_main(config: str, overrides=(), out: str | None = None, resume: bool = False, quiet: bool = False,
+               overwrite: bool = False):
     "What `hjepa-train` runs (returns nothing: a console script's return value becomes its exit status)."
     prog = 'hjepa-train'
     try:
         cfg = load_config(config, [*(overrides or []), *([f'train.out_dir={out}'] if out else [])])
         _fast_math(prog, cfg.train.cpu_math, cfg.train.device, quiet)
         setup_distributed(cfg)
-        learn = make_learner(cfg, quiet=quiet, resume=resume)
+        learn = make_learner(cfg, quiet=quiet, resume=resume, overwrite=overwrite)
         learn.fit()
         if learn.is_main and not quiet:
             last = learn.history[-1] if learn.history else {}
@@ -59,9 +60,10 @@ def hjepa_train(config: Param("YAML config file, e.g. configs/demo.yaml", str),
                 overrides: Param("dotted overrides, e.g. optim.lr=1e-4 train.epochs=2", str, nargs='*', opt=False) = None,
                 out: Param("run folder (default: train.out_dir of the config)", str) = None,
                 resume: Param("continue the run in the run folder from its last.pt", store_true) = False,
+                overwrite: Param("replace the earlier run in the run folder (its checkpoints and metrics are deleted)", store_true) = False,
                 quiet: Param("no progress bar or summary", store_true) = False):
     "Train H-JEPA from a YAML config (runs unchanged under torchrun)."
-    train_main(config, overrides, out, resume, quiet)
+    train_main(config, overrides, out, resume, quiet, overwrite)
 
 # %% ../nbs/14_cli.ipynb #da7cf5d3
 @call_parse

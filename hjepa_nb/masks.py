@@ -4,11 +4,10 @@
 
 # %% ../nbs/02_masks.ipynb #8018c75e
 from __future__ import annotations
-import math, multiprocessing as mp, os
+import math, operator
 from contextlib import contextmanager
 import torch
 from torch import Tensor
-from torch.utils.data import get_worker_info
 from fastcore.basics import patch
 from .core import ConfigError, mix
 
@@ -44,6 +43,7 @@ def _corners(shape, size: Tensor, extent: int, g: torch.Generator, cell: int = 1
     k = (torch.rand(shape, generator=g) * slots).long()
     return torch.minimum(k, slots - 1) * cell
 
+# %% ../nbs/02_masks.ipynb #7a66272e
 def _union(targets: Tensor) -> Tensor:
     "Patches in any block: `[n, T, H, W]` -> `[n, H, W]` (an OR over T; much faster than `.any(1)` on CPU)."
     out = targets[:, 0].clone()
@@ -63,6 +63,7 @@ def _one_thread():
     finally:
         if n > 1: torch.set_num_threads(n)
 
+# %% ../nbs/02_masks.ipynb #a3d42345
 def _place(ht: Tensor, wt: Tensor, hc: Tensor, wc: Tensor, T: int, grid, g: torch.Generator,
            cell: int = 1, allow_overlap: bool = False) -> dict:
     "Place `T` target blocks of size `(ht, wt)` and a context block `(hc, wc)` (sizes `[n]`) at random on each of n grids."
@@ -77,53 +78,6 @@ def _place(ht: Tensor, wt: Tensor, hc: Tensor, wc: Tensor, T: int, grid, g: torc
     context = ctx_block if allow_overlap else ctx_block & ~_union(targets)
     return dict(targets=targets, ctx_block=ctx_block, context=context,
                 tgt_top_left=torch.stack([tt, tl], -1), ctx_top_left=torch.stack([ct, cl], -1))
-
-# %% ../nbs/02_masks.ipynb #65e08046
-def _shared(vals: list, method: str | None = None):
-    "Int64 array in shared memory with a lock, from the default (or `method`'s) multiprocessing context."
-    return mp.get_context(method).Array('q', vals)
-
-class _StepCounter:
-    "Batch counter shared by the DataLoader workers (fork or spawn): batch `i` of an epoch gets step `base + i`."
-    def __init__(self, n: int = 0):
-        self._a = _shared([n, -1, 0, 0])  # next step, epoch token, epoch base, workers started this epoch
-        self._pid, self._base, self._k = os.getpid(), 0, 0
-
-    @property
-    def value(self) -> int: return self._a[0]
-
-    def set(self, n: int):
-        with self._a.get_lock(): self._a[0], self._a[1], self._a[3] = n, -1, 0
-
-    def next(self) -> int:
-        "The step for this call, counted per batch across workers and epochs."
-        a, wi = self._a, get_worker_info()
-        with a.get_lock():
-            if wi is None:                      # main process: plain counter
-                s = a[0]; a[0] = s + 1; return s
-            if self._pid != os.getpid():        # first batch in a freshly started worker
-                self._pid = os.getpid()
-                tok = (wi.seed - wi.id) & ((1 << 62) - 1)  # same for all workers of one DataLoader iterator
-                # a new iterator: another token, or the same token (a re-seeded loader) with all workers already seen
-                if a[1] != tok or a[3] >= wi.num_workers: a[1], a[2], a[3] = tok, a[0], 0
-                a[3] += 1
-                self._base, self._k = a[2], 0
-            s = self._base + self._k * wi.num_workers + wi.id
-            self._k += 1
-            a[0] = max(a[0], s + 1)
-            return s
-
-    def __getstate__(self):
-        from multiprocessing.context import get_spawning_popen
-        d = self.__dict__.copy()
-        if get_spawning_popen() is None: d['_a'] = list(self._a[:])  # pickle/deepcopy outside a worker start: a private copy
-        elif getattr(self._a.get_lock(), '_is_fork_ctx', False):       # a spawn/forkserver worker cannot take a fork-context
-            self._a = d['_a'] = _shared(list(self._a[:]), 'spawn')     # lock: move the counter to a spawn-context array
-        return d
-
-    def __setstate__(self, d):
-        if isinstance(d['_a'], list): d['_a'] = _shared(d['_a'])
-        self.__dict__.update(d)
 
 # %% ../nbs/02_masks.ipynb #b2504080
 def _pair(name, v, lo, hi=None):
@@ -142,6 +96,7 @@ def _int(name, v, lo, hi=None, what=None):
         raise ConfigError(f"{name}: expected {what or f'an integer >= {lo}' + (f' and <= {hi}' if hi is not None else '')}, got {v!r}")
     return int(v)
 
+# %% ../nbs/02_masks.ipynb #fc4dbb1a
 class MultiBlockMaskCollator:
     "I-JEPA multi-block masks as a `collate_fn`: `T` target blocks and one context block minus the targets, per image."
     def __init__(self,
@@ -176,40 +131,12 @@ class MultiBlockMaskCollator:
         self.max_tries = _int('max_tries', max_tries, 1)
         self._dist_rank = None
         self._check_feasible()
-        self._counter = _StepCounter()
-
-    def _check_feasible(self):
-        "Fail now if the context cannot keep `min_keep` patches (often enough) with these settings."
-        H, W = self.grid
-        a = torch.linspace(*self.enc_aspect, 33, dtype=torch.float64)
-        hc, wc = block_size(torch.full_like(a, self.enc_scale[0]), a, self.grid)
-        i = (hc * wc).argmin()
-        hc, wc = hc[i:i+1], wc[i:i+1]
-        if hc.item() * wc.item() < self.min_keep:
-            raise ConfigError(f"mask.enc_scale: the smallest context block ({hc.item()}x{wc.item()} patches at scale "
-                              f"{self.enc_scale[0]}) holds fewer than mask.min_keep={self.min_keep} patches; raise "
-                              f"mask.enc_scale or lower mask.min_keep")
-        if self.allow_overlap: return
-        a = torch.linspace(*self.pred_aspect, 33, dtype=torch.float64)
-        ht, wt = block_size(torch.full_like(a, self.pred_scale[1]), a, self.grid, self.cell)
-        i = (ht * wt).argmax()
-        n = 512
-        g = torch.Generator().manual_seed(0)
-        with _one_thread():
-            blk = _place(ht[i].expand(n), wt[i].expand(n), hc.expand(n), wc.expand(n), self.num_targets, self.grid, g, self.cell)
-            p = (_count(blk['context']) >= self.min_keep).float().mean().item()
-        if (1 - p) ** self.max_tries > 1e-12:
-            raise ConfigError(
-                f"mask.pred_scale={self.pred_scale} with mask.num_targets={self.num_targets}: the largest target blocks "
-                f"({ht[i].item()}x{wt[i].item()} patches) leave fewer than mask.min_keep={self.min_keep} context patches in "
-                f"{100 * (1 - p):.0f}% of placements on the {H}x{W} grid (context block {hc.item()}x{wc.item()}); lower "
-                f"mask.num_targets, mask.pred_scale or mask.min_keep, raise mask.enc_scale, or set mask.allow_overlap")
 
     def __repr__(self):
         return (f"MultiBlockMaskCollator(grid={self.grid}, num_targets={self.num_targets}, pred_scale={self.pred_scale}, "
                 f"pred_aspect={self.pred_aspect}, enc_scale={self.enc_scale}, enc_aspect={self.enc_aspect}, "
                 f"min_keep={self.min_keep}, allow_overlap={self.allow_overlap}, align_level={self.align_level}, "
-                f"seed={self.seed}, step={self.step})")
+                f"seed={self.seed})")
 
     @classmethod
     def from_config(cls, cfg, # a `Config` (uses `cfg.mask`, `cfg.grid`, `cfg.train.seed`)
@@ -222,6 +149,35 @@ class MultiBlockMaskCollator:
                    min_keep=m.min_keep, allow_overlap=m.allow_overlap, align_level=m.align_level,
                    seed=cfg.train.seed if seed is None else seed, **kw)
 
+# %% ../nbs/02_masks.ipynb #5b0e2988
+@patch
+def _check_feasible(self: MultiBlockMaskCollator):
+    "Fail now if the context cannot keep `min_keep` patches (often enough) with these settings."
+    H, W = self.grid
+    a = torch.linspace(*self.enc_aspect, 33, dtype=torch.float64)
+    hc, wc = block_size(torch.full_like(a, self.enc_scale[0]), a, self.grid)
+    i = (hc * wc).argmin()
+    hc, wc = hc[i:i+1], wc[i:i+1]
+    if hc.item() * wc.item() < self.min_keep:
+        raise ConfigError(f"mask.enc_scale: the smallest context block ({hc.item()}x{wc.item()} patches at scale "
+                          f"{self.enc_scale[0]}) holds fewer than mask.min_keep={self.min_keep} patches; raise "
+                          f"mask.enc_scale or lower mask.min_keep")
+    if self.allow_overlap: return
+    a = torch.linspace(*self.pred_aspect, 33, dtype=torch.float64)
+    ht, wt = block_size(torch.full_like(a, self.pred_scale[1]), a, self.grid, self.cell)
+    i = (ht * wt).argmax()
+    n = 512
+    g = torch.Generator().manual_seed(0)
+    with _one_thread():
+        blk = _place(ht[i].expand(n), wt[i].expand(n), hc.expand(n), wc.expand(n), self.num_targets, self.grid, g, self.cell)
+        p = (_count(blk['context']) >= self.min_keep).float().mean().item()
+    if (1 - p) ** self.max_tries > 1e-12:
+        raise ConfigError(
+            f"mask.pred_scale={self.pred_scale} with mask.num_targets={self.num_targets}: the largest target blocks "
+            f"({ht[i].item()}x{wt[i].item()} patches) leave fewer than mask.min_keep={self.min_keep} context patches in "
+            f"{100 * (1 - p):.0f}% of placements on the {H}x{W} grid (context block {hc.item()}x{wc.item()}); lower "
+            f"mask.num_targets, mask.pred_scale or mask.min_keep, raise mask.enc_scale, or set mask.allow_overlap")
+
 # %% ../nbs/02_masks.ipynb #2323927b
 def _lerp(rng, u): return rng[0] + u * (rng[1] - rng[0])
 
@@ -232,12 +188,17 @@ def _rank(self: MultiBlockMaskCollator) -> int:
     import torch.distributed as dist
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
-@patch
-def _generator(self: MultiBlockMaskCollator, step: int | None = None):
-    "The generator of batch `step` (None: the next step of the counter) and that step."
-    if step is None: step = self._counter.next()
-    return torch.Generator().manual_seed(mix(self.seed, self._rank(), step)), step
+def _step(step) -> int:
+    "`step` as an int, or a TypeError that says what is expected."
+    try: return operator.index(step)
+    except TypeError: raise TypeError(f"step: expected the batch number (an int), got {step!r}") from None
 
+@patch
+def _generator(self: MultiBlockMaskCollator, step: int) -> torch.Generator:
+    "The generator of batch `step`: seeded by `mix(seed, rank, step)`."
+    return torch.Generator().manual_seed(mix(self.seed, self._rank(), _step(step)))
+
+# %% ../nbs/02_masks.ipynb #7315dc7a
 @patch
 def _blocks(self: MultiBlockMaskCollator, n: int, g: torch.Generator, per_sample: bool = False) -> dict:
     "Sizes and placements of `n` images' blocks, re-placing the images whose context is below `min_keep`."
@@ -266,27 +227,27 @@ def _blocks(self: MultiBlockMaskCollator, n: int, g: torch.Generator, per_sample
     out.update(tgt_size=torch.stack([ht, wt], 1), ctx_size=torch.stack([hc, wc], 1), tries=tries)
     return out
 
+# %% ../nbs/02_masks.ipynb #2f6518ea
 @patch
 def sample_blocks(self: MultiBlockMaskCollator, B: int, # images in the batch
-                  step: int | None = None, # batch number; None: the next one (advances the counter)
+                  step: int,                           # batch number: the blocks are drawn from `mix(seed, rank, step)`
                  ) -> dict:
-    "One batch's blocks before truncation: `targets` [B,T,H,W], `ctx_block` and `context` [B,H,W] bool, sizes, corners."
-    g, step = self._generator(step)
-    with _one_thread(): return dict(self._blocks(B, g), step=step)
+    "Batch `step`'s blocks before truncation: `targets` [B,T,H,W], `ctx_block` and `context` [B,H,W] bool, sizes, corners."
+    g = self._generator(step)
+    with _one_thread(): return dict(self._blocks(B, g), step=_step(step))
 
 # %% ../nbs/02_masks.ipynb #f2a55efa
 @patch
 def sample_masks(self: MultiBlockMaskCollator, B: int, # images in the batch
-                 step: int | None = None, # batch number; None: the next one (advances the counter)
+                 step: int,               # batch number: the masks are drawn from `mix(seed, rank, step)`
                 ) -> tuple[Tensor, list[Tensor]]: # ctx_idx: [B, Nc] int64; tgt_idx: num_targets x [B, Nt] int64
-    "Context and target indices for a batch of `B` images, raster-sorted, equal lengths across the batch."
-    g, step = self._generator(step)
+    "Context and target indices of batch `step` (`B` images), raster-sorted, equal lengths across the batch."
+    g = self._generator(step)
     with _one_thread(): return self._indices(self._blocks(B, g), g)
 
 @patch
 def _indices(self: MultiBlockMaskCollator, blk: dict, g: torch.Generator) -> tuple[Tensor, list[Tensor]]:
     "Indices of drawn blocks: the context cut to the batch's shortest (random subset), whole target blocks."
-    B = blk['context'].shape[0]
     ctx = blk['context'].flatten(1)                                      # [B, N]
     nc = int(ctx.sum(1).min())
     keys = torch.rand(ctx.shape, generator=g).masked_fill_(~ctx, 2.)    # non-context patches sort last
@@ -300,43 +261,19 @@ def _indices(self: MultiBlockMaskCollator, blk: dict, g: torch.Generator) -> tup
 # %% ../nbs/02_masks.ipynb #27343636
 @patch
 def __call__(self: MultiBlockMaskCollator, batch: list) -> dict:
-    "Collate samples (`img` or `(img, label)`) into `{'images', 'labels', 'ctx_idx', 'tgt_idx'}`."
-    imgs, labels = [], []
-    for s in batch:
-        if isinstance(s, (tuple, list)): imgs.append(s[0]); labels.append(s[1] if len(s) > 1 else -1)
-        else: imgs.append(s); labels.append(-1)
-    images = torch.stack(imgs)
+    "Collate samples (`img`, `(img, label)` or `(img, label, b)`) into `{'images', 'labels', 'ctx_idx', 'tgt_idx'}`."
+    items = [s if isinstance(s, (tuple, list)) else (s,) for s in batch]
+    images = torch.stack([s[0] for s in items])
     H, W = self.grid
     if images.ndim != 4 or images.shape[-2] % H or images.shape[-1] % W:
         raise ValueError(f"MultiBlockMaskCollator: images of shape {list(images.shape[1:])} do not split into the "
                          f"collator's {H}x{W} patch grid (image side must be a multiple of the grid side)")
-    labels = torch.tensor([int(l) for l in labels], dtype=torch.int64)
-    ctx_idx, tgt_idx = self.sample_masks(len(batch))
+    labels = torch.tensor([int(s[1]) if len(s) > 1 else -1 for s in items], dtype=torch.int64)
+    step = items[0][2] if len(items[0]) > 2 else int(torch.randint(2**62, ()))   # no batch number: the global RNG
+    ctx_idx, tgt_idx = self.sample_masks(len(items), step=step)
     return {'images': images, 'labels': labels, 'ctx_idx': ctx_idx, 'tgt_idx': tgt_idx}
 
 # %% ../nbs/02_masks.ipynb #8236606b
-@patch(as_prop=True)
-def step(self: MultiBlockMaskCollator) -> int:
-    "Number of the next batch to draw."
-    return self._counter.value
-
-@patch
-def set_step(self: MultiBlockMaskCollator, n: int):
-    "Make batch `n` the next one drawn (resume after `n` batches)."
-    self._counter.set(int(n))
-
-@patch
-def state_dict(self: MultiBlockMaskCollator,
-               step: int | None = None, # batches the trainer consumed; None: the counter (exact at the end of an epoch)
-              ) -> dict:
-    "`{'seed', 'step'}`: what `load_state_dict` needs to resume the masks."
-    return {'seed': self.seed, 'step': self.step if step is None else int(step)}
-
-@patch
-def load_state_dict(self: MultiBlockMaskCollator, sd: dict):
-    "Restore `seed` and `step` from `state_dict()`."
-    self.seed = int(sd['seed']); self.set_step(sd['step'])
-
 @patch
 def __getstate__(self: MultiBlockMaskCollator):
     d = self.__dict__.copy()

@@ -113,7 +113,7 @@ def test_failed_start_never_overwrites_a_checkpoint(tmp_path, tiny):
     before = (run / 'last.pt').read_bytes()
     _one_line_error(cli('hjepa-train', 'configs/demo.yaml', *tiny, '--out', run), 'already holds a run', '--resume')
     _one_line_error(cli('hjepa-train', 'configs/demo.yaml', *tiny, 'model.pred_depth=3', '--out', run, '--resume'),
-                    'different model')
+                    'different settings', 'model.pred_depth (1 -> 3)')
     assert (run / 'last.pt').read_bytes() == before
 
 def test_corrupt_checkpoint(tmp_path, tiny):
@@ -121,3 +121,27 @@ def test_corrupt_checkpoint(tmp_path, tiny):
     (run / 'last.pt').write_bytes(b'\x00garbage')
     _one_line_error(cli('hjepa-train', 'configs/demo.yaml', *tiny, '--out', run, '--resume'), 'last.pt', 'corrupt')
     assert (run / 'last.pt').read_bytes() == b'\x00garbage'
+
+def test_two_runs_into_one_folder(tmp_path, tiny):
+    "A second run into a folder that a live run holds stops at once, naming the folder and the holder; the first run is unharmed."
+    run = tmp_path / 'run'
+    first = subprocess.Popen([shutil.which('hjepa-train'), 'configs/demo.yaml', *tiny, 'train.max_steps=400', 'log.every=1',
+                              '--out', str(run), '--quiet'], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: (run / 'metrics.jsonl').exists() and len(read_metrics(run)) >= 1, 120, 'the first run to start')
+        _one_line_error(cli('hjepa-train', 'configs/demo.yaml', *tiny, '--out', run), 'is in use by another run', f'pid {first.pid}')
+        _one_line_error(cli('hjepa-train', 'configs/demo.yaml', *tiny, '--out', run, '--resume'), 'is in use by another run')
+    finally:
+        first.send_signal(signal.SIGTERM); first.communicate(timeout=60)
+    rows = read_metrics(run)
+    assert [r['step'] for r in rows] == list(range(1, len(rows) + 1))       # one history, the first run's
+
+def test_resume_checks(tmp_path, tiny):
+    "--resume on a folder with no run says so; an earlier run is refused, then replaced with --overwrite."
+    _one_line_error(cli('hjepa-train', 'configs/demo.yaml', *tiny, '--out', tmp_path / 'empty', '--resume'), 'holds no run to resume')
+    run = tmp_path / 'run'; run.mkdir(); (run / 'metrics.jsonl').write_text('{"step": 1, "loss": 1.0}\n')
+    _one_line_error(cli('hjepa-train', 'configs/demo.yaml', *tiny, '--out', run), 'already holds a run (metrics.jsonl)', '--overwrite')
+    assert read_metrics(run) == [{'step': 1, 'loss': 1.0}]
+    r = cli('hjepa-train', 'configs/demo.yaml', *tiny, 'train.max_steps=2', 'log.every=1', '--out', run, '--overwrite', '--quiet')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [x['step'] for x in read_metrics(run)] == [1, 2]
