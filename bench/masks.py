@@ -6,7 +6,7 @@ sampler written after I-JEPA's `MaskCollator`, side by side in one run; also the
 Each figure is the median of `--reps` calls after a warm-up. `threads=1` is what DataLoader workers run
 with (they call torch.set_num_threads(1)); the default thread count is what `num_workers=0` gets.
 """
-import argparse, json, math, os, platform, statistics, sys, time
+import argparse, itertools, json, math, os, platform, statistics, sys, time
 from multiprocessing import Value
 from pathlib import Path
 
@@ -14,7 +14,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from hjepa_nb.masks import MultiBlockMaskCollator, mask_explorer  # noqa: E402
+from hjepa_nb.masks import MultiBlockMaskCollator  # noqa: E402
+from hjepa_nb.show import mask_explorer  # noqa: E402
 
 
 class LoopMaskCollator:
@@ -100,10 +101,11 @@ def main():
             mk = 4 if grid == (8, 8) else 10
             ours = MultiBlockMaskCollator(grid=grid, min_keep=mk, seed=0)
             loop = LoopMaskCollator(grid, min_keep=mk)
-            ms = median_ms(lambda: ours.sample_masks(B), a.reps)
+            steps = itertools.count()                             # a new batch number per call, as in training
+            ms = median_ms(lambda: ours.sample_masks(B, step=next(steps)), a.reps)
             ms_loop = median_ms(lambda: loop.sample_masks(B), a.loop_reps, warmup=1)
             imgs = [(torch.rand(3, 4 * grid[0], 4 * grid[1]), 0) for _ in range(B)]
-            ms_call = median_ms(lambda: ours(imgs), a.reps)
+            ms_call = median_ms(lambda: ours(imgs), a.reps)        # plain items: the step comes from the global RNG
             nc = statistics.mean(ours.sample_masks(B, step=s)[0].shape[1] for s in range(20))
             nc_loop = statistics.mean(loop.sample_masks(B)[0].shape[1] for _ in range(5))
             row = dict(threads=threads, grid=f'{grid[0]}x{grid[1]}', batch=B, min_keep=mk, masks_ms=round(ms, 2),
@@ -124,7 +126,7 @@ def main():
                torch=torch.__version__, python=platform.python_version(), cpu=platform.processor() or platform.machine(),
                cpu_count=os.cpu_count(), load_avg=[round(x, 2) for x in os.getloadavg()], results=rows,
                explorer_redraw_ms=round(explorer_ms, 1),
-               note='median ms per call; masks = sample_masks(B); collate = full collate_fn call incl. stacking images')
+               note='median ms per call; masks = sample_masks(B, step); collate = full collate_fn call incl. stacking images')
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1) + '\n')
     print('wrote', a.out)

@@ -8,7 +8,7 @@ import copy
 import torch, torch.nn as nn
 from .config import Config, ConfigError
 from .patches import apply_masks
-from .models import Encoder, Predictor, make_target_encoder, param_report, param_counts
+from .models import Encoder, Predictor, make_target_encoder
 from .hierarchy import check_levels, level_heads, hierarchy_levels
 from .loss import HierarchicalLoss, normalize_target, vicreg_reg, sigreg
 

@@ -6,15 +6,15 @@
 from __future__ import annotations
 import copy, difflib, math
 from functools import partial
-import torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn as nn
 import timm
 from timm.models.vision_transformer import VisionTransformer, Block
 from .config import Config, ConfigError
 from .patches import apply_masks
 
 # %% auto #0
-__all__ = ['ContextEncoder', 'sincos_1d', 'sincos_2d', 'create_vit', 'Encoder', 'make_target_encoder', 'stack_targets',
-           'Predictor', 'param_counts', 'param_report']
+__all__ = ['sincos_1d', 'sincos_2d', 'create_vit', 'Encoder', 'make_target_encoder', 'stack_targets', 'Predictor', 'param_counts',
+           'param_report']
 
 # %% ../nbs/03_models.ipynb #82e5702c
 def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
@@ -127,8 +127,6 @@ class Encoder(nn.Module):
             if i in depths: outs[i] = (self.norm(x) if i == len(self.blocks) else x)[:, n:]
         return [outs[d] for d in depths]
 
-ContextEncoder = Encoder
-
 # %% ../nbs/03_models.ipynb #1e914c2f
 def make_target_encoder(context_encoder: Encoder) -> Encoder:
     "A frozen deep copy of `context_encoder`: `requires_grad=False`, eval mode."
@@ -185,11 +183,6 @@ class Predictor(nn.Module):
             for i, blk in enumerate(self.blocks):
                 blk.attn.proj.weight.div_(math.sqrt(2.0 * (i + 1)))
                 blk.mlp.fc2.weight.div_(math.sqrt(2.0 * (i + 1)))
-
-    @classmethod
-    def from_config(cls, cfg: Config, enc_dim: int) -> 'Predictor':
-        m = cfg.model
-        return cls(cfg.grid, enc_dim, m.pred_dim, m.pred_depth, m.pred_heads, m.pred_mlp_ratio)
 
     def forward(self, ctx: torch.Tensor,      # [B, Nc, D] context-encoder tokens
                 ctx_idx: torch.Tensor,        # [B, Nc] int64 their patch indices

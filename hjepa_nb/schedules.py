@@ -62,10 +62,10 @@ class Schedules:
 
     @classmethod
     def from_config(cls, cfg: Config, steps_per_epoch: float, total_steps: int | None = None) -> 'Schedules':
-        "Schedules for `cfg` with `steps_per_epoch` optimizer steps an epoch and `total_steps` in all (default: from `train.*`)."
+        "Schedules for `cfg` with `steps_per_epoch` optimizer steps an epoch and `total_steps` in all (default: `optimizer_steps`'s)."
         if steps_per_epoch <= 0: raise ValueError(f"steps_per_epoch must be > 0, got {steps_per_epoch}")
         o = cfg.optim
-        if total_steps is None: total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch - 1e-9))
+        if total_steps is None: total_steps = optimizer_steps(cfg, round(steps_per_epoch * o.accum_steps))[1]
         return cls(total=int(total_steps), warmup=int(round(o.warmup_epochs * steps_per_epoch)), base_lr=o.lr,
                    start_lr=o.start_lr, final_lr=o.final_lr, weight_decay=o.weight_decay,
                    final_weight_decay=o.final_weight_decay, ema=tuple(o.ema))
