@@ -4,7 +4,7 @@
 
 # %% ../nbs/00a_config.ipynb #090267c7
 from __future__ import annotations
-import dataclasses, difflib, math
+import dataclasses, difflib, math, re
 from dataclasses import dataclass, field, fields, asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -27,17 +27,17 @@ def opt(default, doc='', **check):
 class ModelConfig:
     "Encoders, predictor and hierarchy."
     encoder: str = opt('vit_tiny_patch16_224', 'any timm ViT name; built with pretrained=False')
-    img_size: int = opt(32, 'input image side in pixels', lo=8)
-    patch_size: int = opt(4, 'patch side in pixels', lo=1)
+    img_size: int = opt(32, 'input image side in pixels', lo=8, hi=4096)
+    patch_size: int = opt(4, 'patch side in pixels', lo=1, hi=1024)
     class_token: bool = opt(False, 'keep a class token in the encoders (I-JEPA: no)')
     pos_embed: str = opt('sincos', 'position embeddings', choices=('sincos', 'learned'))
-    depth: int = opt(0, 'encoder blocks (0: the timm model\'s own)', lo=0)
-    embed_dim: int = opt(0, 'encoder width (0: the timm model\'s own)', lo=0)
-    num_heads: int = opt(0, 'encoder attention heads (0: the timm model\'s own)', lo=0)
-    pred_dim: int = opt(192, 'predictor width (I-JEPA uses a narrow bottleneck)', lo=8)
-    pred_depth: int = opt(4, 'predictor blocks', lo=1)
-    pred_heads: int = opt(4, 'predictor attention heads', lo=1)
-    pred_mlp_ratio: float = opt(4.0, 'predictor MLP ratio', lo=0.5)
+    depth: int = opt(0, 'encoder blocks (0: the timm model\'s own)', lo=0, hi=256)
+    embed_dim: int = opt(0, 'encoder width (0: the timm model\'s own)', lo=0, hi=16384)
+    num_heads: int = opt(0, 'encoder attention heads (0: the timm model\'s own)', lo=0, hi=256)
+    pred_dim: int = opt(192, 'predictor width (I-JEPA uses a narrow bottleneck)', lo=8, hi=16384)
+    pred_depth: int = opt(4, 'predictor blocks', lo=1, hi=256)
+    pred_heads: int = opt(4, 'predictor attention heads', lo=1, hi=256)
+    pred_mlp_ratio: float = opt(4.0, 'predictor MLP ratio', lo=0.5, hi=64.0)
     levels: int = opt(2, 'hierarchy levels: 0 is the patch grid, level l pools 2^l x 2^l cells', lo=1, hi=6)
     hierarchy: str = opt('pool', 'pool: coarse levels pool the grid in 2-D; depth: one level per encoder depth', choices=('pool', 'depth'))
     drop_path: float = opt(0.0, 'stochastic depth in the encoder', lo=0.0, hi=1.0, hi_open=True)
@@ -45,39 +45,39 @@ class ModelConfig:
 @dataclass
 class MaskConfig:
     "I-JEPA multi-block masks (official config values as defaults)."
-    num_targets: int = opt(4, 'target blocks per image', lo=1)
+    num_targets: int = opt(4, 'target blocks per image', lo=1, hi=64)
     pred_scale: tuple = opt((0.15, 0.2), 'target block area as a fraction of the grid', lo=0.0, hi=1.0, lo_open=True, pair=True)
-    pred_aspect: tuple = opt((0.75, 1.5), 'target block aspect ratio (height / width)', lo=0.0, lo_open=True, pair=True)
+    pred_aspect: tuple = opt((0.75, 1.5), 'target block aspect ratio (height / width)', lo=0.0, hi=100.0, lo_open=True, pair=True)
     enc_scale: tuple = opt((0.85, 1.0), 'context block area as a fraction of the grid', lo=0.0, hi=1.0, lo_open=True, pair=True)
-    enc_aspect: tuple = opt((1.0, 1.0), 'context block aspect ratio', lo=0.0, lo_open=True, pair=True)
-    min_keep: int = opt(10, 'fewest context tokens allowed', lo=1)
+    enc_aspect: tuple = opt((1.0, 1.0), 'context block aspect ratio', lo=0.0, hi=100.0, lo_open=True, pair=True)
+    min_keep: int = opt(10, 'fewest context tokens allowed', lo=1, hi=1_000_000)
     allow_overlap: bool = opt(False, 'let the context overlap the targets')
-    align_level: int = opt(0, 'align target blocks to the cells of this hierarchy level (0: off)', lo=0)
+    align_level: int = opt(0, 'align target blocks to the cells of this hierarchy level (0: off)', lo=0, hi=6)
 
 @dataclass
 class LossConfig:
     "Per-level regression loss on layer-normed targets."
     kind: str = opt('smoothl1', 'regression loss', choices=('smoothl1', 'mse'))
     hierarchy_weights: list = opt([1.0, 0.5], 'one weight per hierarchy level, fine first')
-    beta: float = opt(1.0, 'Smooth L1 beta', lo=0.0, lo_open=True)
-    target_layers: int = opt(1, 'targets: mean of the last K target-encoder blocks, each layer-normed (data2vec; 1: last only)', lo=1)
+    beta: float = opt(1.0, 'Smooth L1 beta', lo=0.0, hi=1e6, lo_open=True)
+    target_layers: int = opt(1, 'targets: mean of the last K target-encoder blocks, each layer-normed (data2vec; 1: last only)', lo=1, hi=256)
     reg: str = opt('none', 'anti-collapse term on the pooled context embedding: none, vicreg (variance + covariance) or sigreg (LeJEPA)',
                    choices=('none', 'vicreg', 'sigreg'))
-    reg_weight: float = opt(0.05, 'weight of loss.reg (added to the prediction loss)', lo=0.0)
+    reg_weight: float = opt(0.05, 'weight of loss.reg (added to the prediction loss)', lo=0.0, hi=1e6)
 
 @dataclass
 class OptimConfig:
     "AdamW and its per-step schedules."
-    lr: float = opt(1e-3, 'peak (base) learning rate', lo=0.0, lo_open=True)
-    start_lr: float = opt(2e-4, 'learning rate at step 0 of the warmup', lo=0.0)
-    final_lr: float = opt(1e-6, 'learning rate at the end of the cosine', lo=0.0)
-    warmup_epochs: float = opt(1.0, 'linear warmup length in epochs', lo=0.0)
-    weight_decay: float = opt(0.04, 'weight decay at step 0 (none on biases and norms)', lo=0.0)
-    final_weight_decay: float = opt(0.4, 'weight decay at the end (cosine)', lo=0.0)
+    lr: float = opt(1e-3, 'peak (base) learning rate', lo=0.0, hi=1e3, lo_open=True)
+    start_lr: float = opt(2e-4, 'learning rate at step 0 of the warmup', lo=0.0, hi=1e3)
+    final_lr: float = opt(1e-6, 'learning rate at the end of the cosine', lo=0.0, hi=1e3)
+    warmup_epochs: float = opt(1.0, 'linear warmup length in epochs', lo=0.0, hi=1e6)
+    weight_decay: float = opt(0.04, 'weight decay at step 0 (none on biases and norms)', lo=0.0, hi=1e3)
+    final_weight_decay: float = opt(0.4, 'weight decay at the end (cosine)', lo=0.0, hi=1e3)
     betas: tuple = opt((0.9, 0.999), 'AdamW betas', lo=0.0, hi=1.0, hi_open=True)
-    eps: float = opt(1e-8, 'AdamW eps', lo=0.0, lo_open=True)
-    clip_grad: float = opt(0.0, 'gradient norm clip (0: off)', lo=0.0)
-    accum_steps: int = opt(1, 'micro-batches per optimizer step', lo=1)
+    eps: float = opt(1e-8, 'AdamW eps', lo=0.0, hi=1.0, lo_open=True)
+    clip_grad: float = opt(0.0, 'gradient norm clip (0: off)', lo=0.0, hi=1e9)
+    accum_steps: int = opt(1, 'micro-batches per optimizer step', lo=1, hi=100_000)
     ema: tuple = opt((0.996, 1.0), 'EMA momentum of the target encoder, start and end', lo=0.0, hi=1.0, pair=True)
 
 @dataclass
@@ -87,51 +87,53 @@ class DataConfig:
                        choices=('synthetic', 'cifar10', 'folder'))
     root: str = opt('', 'cifar10: download/cache folder; folder: a folder with train/ and test/ (or class folders)')
     download: bool = opt(True, 'cifar10: download when missing')
-    synthetic_size: int = opt(2048, 'images in the synthetic training sample', lo=16)
-    batch_size: int = opt(64, 'images per micro-batch (per process under torchrun)', lo=1)
-    num_workers: int = opt(2, 'DataLoader worker processes', lo=0)
+    synthetic_size: int = opt(2048, 'images in the synthetic training sample', lo=16, hi=1_000_000)
+    batch_size: int = opt(64, 'images per micro-batch (per process under torchrun)', lo=1, hi=1_000_000)
+    num_workers: int = opt(2, 'DataLoader worker processes', lo=0, hi=256)
     crop_scale: tuple = opt((0.3, 1.0), 'RandomResizedCrop scale', lo=0.0, hi=1.0, lo_open=True, pair=True)
     flip: bool = opt(False, 'random horizontal flip')
-    color_jitter: float = opt(0.0, 'colour jitter strength (0: off)', lo=0.0)
+    color_jitter: float = opt(0.0, 'colour jitter strength (0: off)', lo=0.0, hi=1.0)
     cache: bool = opt(True, 'keep decoded images in memory as uint8')
+    bad_images: str = opt('error', 'an unreadable image file: error (stop, naming it) or skip (leave it out, counted and reported once)',
+                          choices=('error', 'skip'))
 
 @dataclass
 class TrainConfig:
     "The run itself."
-    epochs: float = opt(1.0, 'passes over the training set', lo=0.0, lo_open=True)
-    max_steps: int = opt(0, 'stop after this many optimizer steps (0: no limit)', lo=0)
-    time_limit: float = opt(0.0, 'stop (saving last.pt) after this many minutes of training (0: no limit)', lo=0.0)
-    seed: int = opt(0, 'seed for weights, data order and masks', lo=0)
+    epochs: float = opt(1.0, 'passes over the training set', lo=0.0, hi=1e6, lo_open=True)
+    max_steps: int = opt(0, 'stop after this many optimizer steps (0: no limit)', lo=0, hi=10**12)
+    time_limit: float = opt(0.0, 'stop (saving last.pt) after this many minutes of training (0: no limit)', lo=0.0, hi=1e7)
+    seed: int = opt(0, 'seed for weights, data order and masks', lo=0, hi=2**63 - 1)
     device: str = opt('auto', 'auto, cpu, cuda or cuda:N')
     amp: str = opt('auto', 'autocast: auto (bf16 on CUDA, fp32 on CPU), bf16, or none', choices=('auto', 'bf16', 'none'))
     compile: bool = opt(False, 'torch.compile the model')
-    threads: int = opt(0, 'torch CPU threads (0: all cores)', lo=0)
+    threads: int = opt(0, 'torch CPU threads (0: all cores)', lo=0, hi=4096)
     cpu_math: str = opt('default', "fp32 matmul path: default, or fastmath (hjepa-train restarts with MKL's fast kernels on AMD CPUs: 13a_fastmath)",
                         choices=('default', 'fastmath'))
     out_dir: str = opt('runs/default', 'run folder: checkpoints, metrics.jsonl, TensorBoard')
-    ckpt_every: int = opt(500, 'write last.pt every N optimizer steps (and at each epoch end)', lo=1)
-    keep_best: int = opt(3, 'best checkpoints kept by the monitored metric', lo=0)
+    ckpt_every: int = opt(500, 'write last.pt every N optimizer steps (and at each epoch end)', lo=1, hi=10**12)
+    keep_best: int = opt(3, 'best checkpoints kept by the monitored metric', lo=0, hi=1000)
     monitor: str = opt('loss', 'metric for best checkpoints (lower is better unless it is an accuracy)')
 
 @dataclass
 class EvalConfig:
     "Frozen-feature evaluation."
-    every: int = opt(0, 'kNN evaluation every N optimizer steps during training (0: off)', lo=0)
-    knn_k: int = opt(20, 'neighbours for kNN', lo=1)
-    knn_temperature: float = opt(0.07, 'temperature of kNN vote weights', lo=0.0, lo_open=True)
-    train_subset: int = opt(5000, 'training images used as the kNN bank during training (0: all)', lo=0)
-    test_subset: int = opt(1000, 'test images scored during training (0: all)', lo=0)
-    linear_epochs: int = opt(100, 'linear-probe epochs', lo=1)
+    every: int = opt(0, 'kNN evaluation every N optimizer steps during training (0: off)', lo=0, hi=10**12)
+    knn_k: int = opt(20, 'neighbours for kNN', lo=1, hi=10_000)
+    knn_temperature: float = opt(0.07, 'temperature of kNN vote weights', lo=0.0, hi=1e3, lo_open=True)
+    train_subset: int = opt(5000, 'training images used as the kNN bank during training (0: all)', lo=0, hi=10**9)
+    test_subset: int = opt(1000, 'test images scored during training (0: all)', lo=0, hi=10**9)
+    linear_epochs: int = opt(100, 'linear-probe epochs', lo=1, hi=100_000)
     encoder: str = opt('target', 'the encoder that `embed` (kNN, linear probe, export) uses: target (EMA) or context',
                        choices=('target', 'context'))
 
 @dataclass
 class LogConfig:
     "What gets written where, and how often."
-    every: int = opt(10, 'metrics line every N optimizer steps', lo=1)
+    every: int = opt(10, 'metrics line every N optimizer steps', lo=1, hi=10**12)
     tensorboard: bool = opt(True, 'also write TensorBoard scalars')
     progress: bool = opt(True, 'show a progress bar')
-    monitor_every: int = opt(50, 'collapse metrics every N optimizer steps (0: off)', lo=0)
+    monitor_every: int = opt(50, 'collapse metrics every N optimizer steps (0: off)', lo=0, hi=10**12)
 
 @dataclass
 class Config:
@@ -208,6 +210,20 @@ def _check_field(key, value, meta, where=''):
     if meta.get('pair') and vals[0] > vals[1]:
         raise ConfigError(f"{key}: expected [min, max] with min <= max, got {list(value)!r}{where}")
 
+_MONITORABLE = re.compile(r'loss|loss_\w+|grad_norm|knn_acc|(target|pred|embed)_(std|rank|cos)(_c)?|target_rank_c|energy_\w+')
+
+def _check_monitor(cfg: Config, where: str = ''):
+    "`train.monitor` must name a metric the run logs (else no best checkpoint would ever be kept)."
+    k = cfg.train.monitor
+    if not cfg.train.keep_best: return
+    if not _MONITORABLE.fullmatch(k):
+        raise ConfigError(f"train.monitor: {k!r} is not a logged metric; expected loss, a loss part (loss_l0, ...), "
+                          f"knn_acc or a collapse metric (target_rank, ...){where}")
+    if k == 'knn_acc' and not cfg.eval.every:
+        raise ConfigError(f"train.monitor: knn_acc is logged only with eval.every > 0{where}")
+    if re.fullmatch(r'(target|pred|embed)_\w+|energy_\w+|loss_(eval|ctxfree|other)', k) and not cfg.log.monitor_every:
+        raise ConfigError(f"train.monitor: {k} is logged only with log.monitor_every > 0{where}")
+
 def validate(cfg: Config, where: str = '') -> Config:
     "Check every field of `cfg` and the rules between fields; raise `ConfigError` naming the key."
     for sec in fields(cfg):
@@ -236,6 +252,10 @@ def validate(cfg: Config, where: str = '') -> Config:
     if cfg.mask.min_keep > cfg.grid[0] * cfg.grid[1]:
         raise ConfigError(f"mask.min_keep: expected at most the {cfg.grid[0]*cfg.grid[1]} patches of the grid, "
                           f"got {cfg.mask.min_keep}{where}")
+    if cfg.grid[0] * cfg.grid[1] > 16384:
+        raise ConfigError(f"model.img_size: {m.img_size} px in {m.patch_size} px patches is a {cfg.grid[0]}x{cfg.grid[1]} grid; "
+                          f"expected at most 16384 patches (128x128){where}")
+    _check_monitor(cfg, where)
     if m.pos_embed == 'sincos' and m.pred_dim % 4:
         raise ConfigError(f"model.pred_dim: sin-cos position embeddings need a multiple of 4, got {m.pred_dim}{where}")
     return cfg
@@ -294,8 +314,10 @@ def load_config(path=None, overrides=(), ) -> Config:
         path = Path(path)
         where = f" (in {path})"
         if not path.exists(): raise ConfigError(f"config file not found: {path}")
+        if path.is_dir(): raise ConfigError(f"config file {path} is a folder; expected a YAML file such as configs/demo.yaml")
         try: d = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e: raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        except yaml.YAMLError as e: raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        except (UnicodeDecodeError, OSError) as e: raise ConfigError(f"{path}: not a readable YAML text file ({type(e).__name__})") from None
         if not isinstance(d, dict): raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     apply_overrides(d, overrides)
     if overrides: where = where[:-1] + ' + command line)' if where else ' (command line)'
