@@ -23,19 +23,66 @@ __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SHAPES', 'DataError', 'decode_file'
 # %% ../nbs/08_data.ipynb #10ed0e29
 class DataError(ConfigError):
     "Images could not be found or read; the message names the setting (data.root, data.dataset, ...) at fault."
+    def __init__(self, msg='', *args):
+        if isinstance(msg, str) and msg.startswith('Caught ') and '\nOriginal Traceback' in msg:
+            # re-raised by a DataLoader worker: its first line would only say where; put the original message first
+            last = msg.rstrip().splitlines()[-1]
+            head, _, rest = last.partition(': ')
+            where = msg.split('\n', 1)[0].split(' ', 2)[-1].rstrip('.')
+            msg = f"{rest if head.endswith('Error') and rest else last} ({where})\n{msg}"
+        super().__init__(msg, *args)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # %% ../nbs/08_data.ipynb #9311e76b
-def decode_file(path) -> torch.Tensor:
-    "Decode one image file to uint8 `[3, H, W]` RGB (torchvision's decoders, PIL as the fallback)."
+def _unreadable(path) -> str | None:
+    "Why `path` cannot be an image when it is plainly not one (missing, a folder, empty), else None."
+    try: st = os.stat(path)
+    except OSError as e: return f'cannot open it: {e.strerror}'
+    if not os.path.isfile(path): return 'not a file'
+    return 'an empty file (0 bytes)' if st.st_size == 0 else None
+
+def _decode(path) -> tuple[torch.Tensor | None, str | None]:
+    "`(uint8 [3, H, W], None)`, or `(None, why)` when the file cannot be read whole."
+    why = _unreadable(path)
+    if why: return None, why
     from torchvision.io import decode_image, read_file, ImageReadMode
-    try: return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError):
-        from PIL import Image
+    try: return decode_image(read_file(str(path)), mode=ImageReadMode.RGB), None
+    except (RuntimeError, ValueError) as e: tv_err = str(e)
+    from PIL import Image, ImageFile, UnidentifiedImageError
+    lenient = ImageFile.LOAD_TRUNCATED_IMAGES
+    try:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False        # a truncated file is an error, not an image with a grey tail
         with Image.open(path) as im: a = np.asarray(im.convert('RGB'))
-        return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous(), None
+    except UnidentifiedImageError: why = 'not an image file, or a format neither torchvision nor PIL reads'
+    except Exception as e:
+        why = (f'truncated or incomplete: {os.path.getsize(path)} bytes' if 'truncat' in f'{e} {tv_err}'.lower()
+               or 'incomplete' in tv_err.lower() else f'{type(e).__name__}: {e}'.splitlines()[0][:200])
+    finally: ImageFile.LOAD_TRUNCATED_IMAGES = lenient
+    return None, why
+
+def _bad_message(bad: list, where, key: str = 'data.root') -> str:
+    "One line naming the first few bad files (`(path, why)` pairs) and how to go on without them."
+    n, shown = len(bad), ', '.join(f'{p} ({why})' for p, why in bad[:3])
+    return (f"{key}: {n} unreadable image{'s' if n > 1 else ''} in {where}: {shown}{f' and {n - 3} more' if n > 3 else ''}; "
+            f"replace or remove {'them' if n > 1 else 'it'}, or set data.bad_images=skip to leave unreadable images out")
+
+def _warn_skipped(bad: list, where):
+    "The one warning that `data.bad_images=skip` left `bad` (`(path, why)` pairs) out."
+    if not bad: return
+    n, shown = len(bad), ', '.join(f'{p} ({why})' for p, why in bad[:3])
+    warnings.warn(f"data.bad_images=skip: left out {n} unreadable image{'s' if n > 1 else ''} of {where}: "
+                  f"{shown}{f' and {n - 3} more' if n > 3 else ''}", stacklevel=3)
+
+def decode_file(path) -> torch.Tensor:
+    "Decode one image file to uint8 `[3, H, W]` RGB (torchvision's decoders, PIL as the fallback); `DataError` naming it if unreadable."
+    img, why = _decode(path)
+    if img is None: raise DataError(_bad_message([(str(path), why)], Path(path).parent))
+    return img
+
+_LAZY_BAD: dict = {}                    # unreadable files met by lazy decoding in this process: path -> why
 
 class ImageDataset(Dataset):
     "Images as uint8 (in memory, or decoded on demand from `files`) with int labels; items are `(transform(img), label)`."
@@ -45,23 +92,43 @@ class ImageDataset(Dataset):
                  classes: Sequence[str] = (),  # class names, index = label
                  transform: Callable | None = None,  # uint8 [3, H, W] -> model input; None: the uint8 image
                  files: Sequence | None = None,  # image paths decoded per item when `images` is None
-                 source: str = ''):        # where the images came from (for messages)
+                 source: str = '',         # where the images came from (for messages)
+                 bad_images: str = 'error',  # an unreadable file in `files`: 'error', or 'skip' (the next readable item instead)
+                 skipped: Sequence = ()):  # `(path, why)` of what was left out when the data set was built
         if images is None and files is None: raise ValueError("ImageDataset: give `images` or `files`")
         n = len(images) if images is not None else len(files)
         self.images, self.files = images, (list(files) if files is not None else None)
         self.labels = torch.as_tensor(labels if labels is not None else torch.zeros(n), dtype=torch.int64)
         if len(self.labels) != n: raise ValueError(f"ImageDataset: {n} images but {len(self.labels)} labels")
         self.classes, self.transform, self.source = list(classes), transform, source
+        self.bad_images, self.skipped = bad_images, [tuple(b) for b in skipped]
 
     def __len__(self): return len(self.labels)
 
     def image(self, i: int) -> torch.Tensor:
-        "The stored uint8 image `[3, H, W]` number `i`, before any transform."
+        "The stored uint8 image `[3, H, W]` number `i`, before any transform (`DataError` if its file is unreadable)."
         return self.images[i] if self.images is not None else decode_file(self.files[i])
 
+    def _item(self, i: int) -> tuple[torch.Tensor, int]:
+        "Image and label `i`; decoding lazily with `bad_images='skip'`, the next readable item for an unreadable file."
+        if self.images is not None or self.bad_images != 'skip': return self.image(i), int(self.labels[i])
+        n = len(self)
+        for k in range(n):
+            j = (i + k) % n
+            f = self.files[j]
+            if f in _LAZY_BAD: continue
+            img, why = _decode(f)
+            if img is not None: return img, int(self.labels[j])
+            _LAZY_BAD[f] = why
+            if len(_LAZY_BAD) <= 5:
+                warnings.warn(f"data.bad_images=skip: left out unreadable image {f} ({why}); decoding per item "
+                              f"(data.cache=false), its place goes to the next readable image"
+                              + ('; further ones are left out without a warning' if len(_LAZY_BAD) == 5 else ''), stacklevel=3)
+        raise DataError(f"data.root: none of the {n} images of {self.source or 'the data set'} can be read, e.g. {self.files[i]}")
+
     def __getitem__(self, i):
-        img = self.image(i)
-        return (self.transform(img) if self.transform is not None else img), int(self.labels[i])
+        img, y = self._item(i)
+        return (self.transform(img) if self.transform is not None else img), y
 
     def with_transform(self, transform: Callable | None) -> 'ImageDataset':
         "The same images (shared, not copied) with another `transform`."
@@ -231,16 +298,32 @@ def demo_images(n: int = 8,              # images
     return imgs, source
 
 # %% ../nbs/08_data.ipynb #4a7477b5
-def _folder_key(split_dir: Path, per: list, limit) -> str:
-    "Cache key of a split folder: a hash of its resolved path, then one of limit, file count and folder modification times."
-    dirs = [str(split_dir)] + [os.path.dirname(fs[0]) for fs in per if fs]
-    sig = f"{limit}|{sum(map(len, per))}|" + '|'.join(f'{os.path.basename(d)}:{os.stat(d).st_mtime_ns}' for d in dirs)
-    return hashlib.sha1(str(split_dir.resolve()).encode()).hexdigest()[:8] + '-' + hashlib.sha1(sig.encode()).hexdigest()[:8]
+def _folder_key(split_dir: Path, files: list, limit) -> str:
+    "Cache key of a split: a hash of its resolved path, then one of `limit` and each file's relative path, size and mtime."
+    h, cut = hashlib.sha1(f'{limit}|{len(files)}'.encode()), len(os.path.join(str(split_dir), ''))
+    for f in files:
+        try: st = os.stat(f); sig = f'{st.st_size}:{st.st_mtime_ns}'
+        except OSError: sig = 'missing'
+        h.update(f'|{f[cut:]}:{sig}'.encode())
+    return hashlib.sha1(str(split_dir.resolve()).encode()).hexdigest()[:8] + '-' + h.hexdigest()[:12]
 
-def _decode_all(files: list) -> torch.Tensor | list:
-    "Decode `files` to one uint8 `[N, 3, H, W]` tensor (a list of `[3, h, w]` when sizes differ)."
-    imgs = [decode_file(f) for f in files]
-    return torch.stack(imgs) if len({tuple(i.shape) for i in imgs}) <= 1 and imgs else imgs
+def _decode_all(files: list) -> tuple[torch.Tensor | list, list, list]:
+    "Decode `files`: (uint8 `[N, 3, H, W]`, or a list of `[3, h, w]` when sizes differ; indices of those read; `(path, why)` of the rest)."
+    imgs, ok, bad = [], [], []
+    for i, f in enumerate(files):
+        img, why = _decode(f)
+        if img is None: bad.append((f, why))
+        else: imgs.append(img); ok.append(i)
+    return (torch.stack(imgs) if len({tuple(i.shape) for i in imgs}) <= 1 and imgs else imgs), ok, bad
+
+def _load_decoded(cfile: Path, n_files: int):
+    "The decoded cache in `cfile` when it is there, readable and holds `n_files` images and unreadable files together."
+    if not cfile.exists(): return None
+    try:
+        st = torch.load(cfile, weights_only=True)
+        st['bad'] = [tuple(b) for b in st.get('bad', [])]
+        return st if len(st['labels']) + len(st['bad']) == n_files else None
+    except Exception: return None       # unreadable cache: decode again and overwrite
 
 def image_folder(split_dir,                  # a folder of class folders of images
                  limit: int | None = None,   # keep the first `limit` files of each class
@@ -248,43 +331,56 @@ def image_folder(split_dir,                  # a folder of class folders of imag
                  disk_cache: bool = True,    # keep the decoded tensor under cache_dir()/decoded
                  key: str = 'data.root',     # setting named in errors
                  verbose: bool = True,
+                 bad_images: str = 'error',  # an unreadable image or empty class folder: 'error' (DataError naming it) or 'skip'
+                 report: bool = True,        # warn once about what 'skip' left out (False: the caller reports `ds.skipped`)
                 ) -> ImageDataset:
     "An `ImageDataset` of an ImageFolder-layout folder, decoded into memory once when `cache`."
+    if bad_images not in ('error', 'skip'): raise DataError(f"data.bad_images: 'error' or 'skip', got {bad_images!r}")
     split_dir = Path(split_dir)
     if not split_dir.is_dir(): raise DataError(f"{key}: folder not found: {split_dir}; set {key} to a folder of class folders")
     classes, per = _list_class_files(split_dir, limit)
-    keep = [(c, fs) for c, fs in zip(classes, per) if fs]
-    if not keep:
+    if not any(per):
         raise DataError(f"{key}: no images in {split_dir}: expected class folders holding image files "
                         f"({', '.join(_IMG_EXT[:4])}, ...), e.g. {split_dir}/cat/0001.jpg")
-    classes, per = [c for c, _ in keep], [fs for _, fs in keep]
+    bad = [(os.path.join(split_dir, c, ''), 'an empty class folder: no image files') for c, fs in zip(classes, per) if not fs]
+    if bad and bad_images == 'error': raise DataError(_bad_message(bad, split_dir, key))
+    classes, per = [c for c, fs in zip(classes, per) if fs], [fs for fs in per if fs]
     files = [f for fs in per for f in fs]
     labels = torch.cat([torch.full((len(fs),), i, dtype=torch.int64) for i, fs in enumerate(per)])
     src = f'image folder {split_dir}'
-    if not cache: return ImageDataset(None, labels, classes, files=files, source=src)
+    if not cache:
+        ds = ImageDataset(None, labels, classes, files=files, source=src, bad_images=bad_images, skipped=bad)
+        if report: _warn_skipped(bad, split_dir)
+        return ds
     t0 = time.perf_counter()
-    cfile = cache_dir() / 'decoded' / f'{split_dir.parent.name}_{split_dir.name}-{_folder_key(split_dir, per, limit)}.pt'
-    if disk_cache and cfile.exists():
-        try:
-            st = torch.load(cfile, weights_only=True)
-            if len(st['labels']) == len(files):
-                if verbose: print(f"{len(files)} decoded images of {split_dir} loaded from {cfile} in {time.perf_counter() - t0:.2f} s")
-                return ImageDataset(st['images'], st['labels'], st['classes'], source=src + ' (decoded cache)')
-        except Exception: pass          # unreadable cache: decode again and overwrite
-    images = _decode_all(files)
-    msg = f"decoded {len(files)} images of {split_dir} in {time.perf_counter() - t0:.2f} s"
-    if disk_cache:
-        try:
-            cfile.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cfile.with_name(f'.{cfile.name}.{os.getpid()}.tmp')
-            torch.save(dict(images=images, labels=labels, classes=classes), tmp)
-            os.replace(tmp, cfile)
-            for old in cfile.parent.glob(cfile.name.rsplit('-', 1)[0] + '-*.pt'):   # stale caches of this folder
-                if old != cfile: old.unlink(missing_ok=True)
-            msg += f", cached to {cfile}"
-        except OSError as e: msg += f" (not cached: {e.strerror})"
-    if verbose: print(msg)
-    return ImageDataset(images, labels, classes, source=src)
+    cfile = cache_dir() / 'decoded' / f'{split_dir.parent.name}_{split_dir.name}-{_folder_key(split_dir, files, limit)}.pt'
+    st = _load_decoded(cfile, len(files)) if disk_cache else None
+    if st is not None:
+        images, labels, src = st['images'], st['labels'], src + ' (decoded cache)'
+        msg = f"{len(labels)} decoded images of {split_dir} loaded from {cfile} in {time.perf_counter() - t0:.2f} s"
+    else:
+        images, ok, unread = _decode_all(files)
+        labels = labels[torch.as_tensor(ok, dtype=torch.int64)]
+        st = dict(images=images, labels=labels, classes=classes, bad=[list(b) for b in unread])
+        msg = f"decoded {len(files)} images of {split_dir} in {time.perf_counter() - t0:.2f} s"
+        if disk_cache:
+            try:
+                cfile.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cfile.with_name(f'.{cfile.name}.{os.getpid()}.tmp')
+                torch.save(st, tmp)
+                os.replace(tmp, cfile)
+                for old in cfile.parent.glob(cfile.name.rsplit('-', 1)[0] + '-*.pt'):   # stale caches of this folder
+                    if old != cfile: old.unlink(missing_ok=True)
+                msg += f", cached to {cfile}"
+            except OSError as e: msg += f" (not cached: {e.strerror})"
+        st['bad'] = unread
+    bad += st['bad']
+    if st['bad'] and bad_images == 'error': raise DataError(_bad_message(st['bad'], split_dir, key))
+    if not len(labels):
+        raise DataError(f"{key}: none of the {len(files)} images in {split_dir} can be read, e.g. {st['bad'][0][0]} ({st['bad'][0][1]})")
+    if verbose: print(msg + (f" ({len(bad)} unreadable left out)" if bad else ''))
+    if report: _warn_skipped(bad, split_dir)
+    return ImageDataset(images, labels, st['classes'], source=src, bad_images=bad_images, skipped=bad)
 
 def folder_splits(root: Path, key: str = 'data.root') -> tuple[Path, Path | None]:
     "`(train_dir, test_dir or None)` of an image folder: `root/train` and `root/test` (or `val`), or `root` itself."
@@ -382,8 +478,9 @@ def build_datasets(cfg: Config,
             raise DataError("data.root: data.dataset=folder needs data.root, a folder with train/ and test/ "
                             "(ImageFolder layout) or with class folders directly")
         tr, te = folder_splits(resolve_root(d.root))
-        kw = dict(limit=limit, cache=d.cache, verbose=verbose)
+        kw = dict(limit=limit, cache=d.cache, verbose=verbose, bad_images=d.bad_images, report=False)
         train, test = image_folder(tr, **kw), (image_folder(te, **kw) if te is not None else None)
+        _warn_skipped(train.skipped + (test.skipped if test is not None else []), resolve_root(d.root))   # once, both splits
         if test is not None: test = align_classes(test, train.classes, verbose=verbose)
     train, test = _limit_per_class(train, limit), (_limit_per_class(test, limit) if test is not None else None)
     train = train.with_transform(train_transform(cfg) if train_augment else eval_transform(cfg))
