@@ -1,4 +1,4 @@
-"""Whole training runs with and without the CPU-math fix (hjepa_nb.fastmath), side by side.
+"""Whole training runs with and without the opt-in CPU-math fix (hjepa_nb.fastmath, `train.cpu_math=fastmath`), side by side.
 
     python bench/cpu_math.py                 # writes bench/results/cpu_math.{json,md}
     python bench/cpu_math.py --rounds 1 --steps 4 --settings cifar10_tiny   # a quick look
@@ -7,9 +7,11 @@ Each measurement is the real command line a user types, `hjepa-train CONFIG ... 
 the shared CIFAR-10 folder. Variants alternate within each round (order rotated each round), so machine load hits
 all of them alike:
 
-- `default`: `HJEPA_CPU_MATH=default` (MKL as torch ships it: generic kernels on AMD CPUs)
-- `auto`: the kit's default (`train.cpu_math=auto`: hjepa-train restarts itself with the MKL vendor-check shim)
-- `auto+passive`: as `auto`, with `OMP_WAIT_POLICY=PASSIVE` (OpenMP threads sleep instead of spinning when idle)
+- `default`: `train.cpu_math=default`, the kit's default (MKL as torch ships it: generic kernels on AMD CPUs)
+- `fastmath`: `train.cpu_math=fastmath` (hjepa-train restarts itself with the MKL vendor-check shim preloaded and
+  `HJEPA_FASTMATH=on`; where `fastmath_plan('fastmath')` finds nothing to do, this is `default`: the report says which)
+- `fastmath+passive`: as `fastmath`, with `OMP_WAIT_POLICY=PASSIVE` (OpenMP threads sleep instead of spinning when idle)
+Every run starts without LD_PRELOAD, HJEPA_FASTMATH, OMP_WAIT_POLICY or OMP_NUM_THREADS from the caller's environment.
 
 Figures: images/s of training (median of the per-log-line rates, first line dropped: it holds worker start-up),
 the process's wall time start to finish (includes the restart), and the final loss (the fix must not change the
@@ -23,20 +25,21 @@ SETTINGS = {
     'cifar10_tiny': ['configs/cifar10_tiny.yaml', 'data.num_workers=2'],
     'quick_validation': ['configs/quick_validation.yaml', 'data.dataset=folder'],
 }
-VARIANTS = {
-    'default': {'HJEPA_CPU_MATH': 'default'},
-    'auto': {},
-    'auto+passive': {'OMP_WAIT_POLICY': 'PASSIVE'},
+VARIANTS = {   # name: (overrides, environment)
+    'default': (['train.cpu_math=default'], {}),
+    'fastmath': (['train.cpu_math=fastmath'], {}),
+    'fastmath+passive': (['train.cpu_math=fastmath'], {'OMP_WAIT_POLICY': 'PASSIVE'}),
 }
 
 def run_once(setting: str, variant: str, steps: int) -> dict:
     cfg, *ov = SETTINGS[setting]
-    env = {k: v for k, v in os.environ.items() if k not in ('LD_PRELOAD', 'HJEPA_CPU_MATH', 'OMP_WAIT_POLICY', 'OMP_NUM_THREADS')}
-    env.update(VARIANTS[variant])
+    over, extra = VARIANTS[variant]
+    env = {k: v for k, v in os.environ.items() if k not in ('LD_PRELOAD', 'HJEPA_FASTMATH', 'OMP_WAIT_POLICY', 'OMP_NUM_THREADS')}
+    env.update(extra)
     with tempfile.TemporaryDirectory() as d:
         exe = shutil.which('hjepa-train')
         if exe is None: raise SystemExit('hjepa-train is not on PATH: pip install -e .')
-        cmd = [exe, cfg, *ov,
+        cmd = [exe, cfg, *ov, *over,
                f'train.max_steps={steps}', 'log.every=1', 'eval.every=0', 'log.monitor_every=0', 'log.tensorboard=false',
                'train.ckpt_every=100000', 'train.keep_best=0', '--out', d, '--quiet']
         t0 = time.perf_counter()
@@ -49,9 +52,10 @@ def run_once(setting: str, variant: str, steps: int) -> dict:
                 loss=[x['loss'] for x in rows if 'loss' in x][-1])
 
 def report(res: dict) -> str:
-    L = ['# hjepa-train with and without the CPU-math fix (`hjepa_nb.fastmath`)', '',
+    L = ['# hjepa-train with and without the CPU-math fix (`train.cpu_math=fastmath`, `hjepa_nb.fastmath`)', '',
          f"Command: `{res['command']}`  ", f"Date {res['date']}, torch {res['torch']}, CPU vendor {res['vendor']}, "
-         f"{os.cpu_count()} logical CPUs; load average {res['loadavg_start']} -> {res['loadavg_end']}.", '',
+         f"{os.cpu_count()} logical CPUs; load average {res['loadavg_start']} -> {res['loadavg_end']}.  ",
+         f"fastmath plan here: {res.get('fastmath_plan', '?')}", '',
          'img/s: median over the log lines of a run, then median over rounds. Speed-up: per-round ratio to `default`, '
          'median over rounds. Wall: whole process, start-up and the restart included.', '',
          '| setting | variant | img/s | speed-up vs default | wall s | final loss | rounds |', '|---|---|---|---|---|---|---|']
@@ -71,9 +75,10 @@ def main():
     ap.add_argument('--out', default='bench/results/cpu_math')
     a = ap.parse_args()
     import torch
-    from hjepa_nb.fastmath import cpu_vendor
+    from hjepa_nb.fastmath import cpu_vendor, fastmath_plan
+    os.environ.pop('HJEPA_FASTMATH', None)             # as in the runs (run_once), for the plan's reason below
     res = dict(command='python bench/cpu_math.py ' + ' '.join(sys.argv[1:]), date=time.strftime('%Y-%m-%d %H:%M'),
-               torch=torch.__version__, vendor=cpu_vendor(), loadavg_start=[round(x, 2) for x in os.getloadavg()],
+               torch=torch.__version__, vendor=cpu_vendor(), fastmath_plan=fastmath_plan('fastmath').reason, loadavg_start=[round(x, 2) for x in os.getloadavg()],
                runs={s: {v: [] for v in a.variants} for s in a.settings})
     for k in range(a.rounds):
         for s in a.settings:

@@ -25,7 +25,9 @@ Candidates (in one process):
   bf16           bf16 x bf16 -> bf16 (oneDNN); changes numerics.
 Variants (separate processes): the MKL shim `int mkl_serv_intel_cpu_true(void){return 1;}`, compiled
 with gcc and preloaded, makes MKL take its Intel (AVX-512) code path. It works only if torch's MKL
-calls that symbol through the PLT (checked and reported: `linkage`).
+calls that symbol through the PLT (checked and reported: `linkage`). It is the library's own shim
+(hjepa_nb.fastmath.build_shim), the one `train.cpu_math=fastmath` preloads where
+`fastmath_plan('fastmath')` finds it useful (its reason is recorded: `fastmath_plan`).
 Extras (one process, default env): inductor's C++ GEMM template (max-autotune, backends='CPP'). It only
 applies to constant (frozen, inference) weights, so it is measured on a frozen nn.Linear; training
 matmuls in a compiled step still go to ATen (MKL).
@@ -49,7 +51,7 @@ CANDIDATES = ['default', 'nt_layout', 'onednn_flag', 'mkldnn_linear', 'bf16']
 
 # ---------------------------------------------------------------------------------------------
 def build_shim(dirname: str | None = None) -> str | None:
-    "The MKL vendor-check shim the library itself uses (hjepa_nb.fastmath.build_shim); its path, or None without a C compiler."
+    "The MKL vendor-check shim `train.cpu_math=fastmath` preloads (hjepa_nb.fastmath.build_shim); its path, or None without a C compiler."
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from hjepa_nb.fastmath import build_shim as _build
     so = _build(dirname)
@@ -157,7 +159,7 @@ def extras(args):
 # ---------------------------------------------------------------------------------------------
 def run_worker(mode: str, threads: int, shim: str | None, args) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env.pop('LD_PRELOAD', None)
+    env.pop('LD_PRELOAD', None); env.pop('HJEPA_FASTMATH', None)
     if args.omp_wait_policy != 'inherit': env['OMP_WAIT_POLICY'] = args.omp_wait_policy
     if shim: env['LD_PRELOAD'] = shim
     if mode == 'extras': env['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp(prefix='inductor_')
@@ -225,7 +227,8 @@ def markdown(out: dict) -> str:
           f"- libmkl*.so in site-packages: {lk.get('libmkl_shared_objects_in_site_packages') or 'none'}",
           f"- mkl_* symbols exported by libtorch_cpu.so: {lk.get('mkl_symbols_exported_by_libtorch_cpu')}; "
           f"PLT relocation for mkl_serv_intel_cpu_true: {lk.get('plt_relocation_for_mkl_serv_intel_cpu_true')}",
-          f"- {'; '.join(lk.get('torch_mkl', []))}", '']
+          f"- {'; '.join(lk.get('torch_mkl', []))}",
+          f"- `train.cpu_math=fastmath` on this machine: {out.get('fastmath_plan', '?')}", '']
     return '\n'.join(L)
 
 
@@ -248,6 +251,8 @@ def main():
     t_start = time.time()
     shim = build_shim()
     linkage = mkl_linkage()
+    from hjepa_nb.fastmath import fastmath_plan
+    plan = fastmath_plan('fastmath').reason             # would train.cpu_math=fastmath preload the shim here, and why
     variants = [('default_t2', 2, None), ('shim_t2', 2, shim), ('default_t1', 1, None), ('shim_t1', 1, shim)]
     variants = [v for v in variants if v[2] or not v[0].startswith('shim')]
     la0 = os.getloadavg()
@@ -263,7 +268,7 @@ def main():
     out = dict(command='python bench/matmul.py ' + ' '.join(sys.argv[1:]), date=time.strftime('%Y-%m-%d %H:%M'),
                torch=torch.__version__, cpu=f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs",
                rounds=args.rounds, reps=args.reps, omp_wait_policy=args.omp_wait_policy, loadavg_start=[round(x, 2) for x in la0],
-               loadavg_end=[round(x, 2) for x in os.getloadavg()], shapes=shapes, shim=shim, linkage=linkage,
+               loadavg_end=[round(x, 2) for x in os.getloadavg()], shapes=shapes, shim=shim, fastmath_plan=plan, linkage=linkage,
                table=summarize(rounds, shapes), relerr={k: v.get('relerr_vs_fp64', {}) for k, v in rounds[0].items()},
                extras=ex, errors=errors, wall_s=round(time.time() - t_start, 1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,8 @@ from hjepa_nb.core import seed_everything
 from hjepa_nb.config import load_config, config_to_dict
 from hjepa_nb.data import build_datasets
 from hjepa_nb.hjepa import HJEPA
-from hjepa_nb.train import Trainer, read_metrics
+from hjepa_nb.callbacks import make_learner
+from hjepa_nb.checkpoint import read_metrics
 from hjepa_nb.evaluate import eval_datasets, evaluate_embed, pixel_features
 
 def cpu_name() -> str:
@@ -37,7 +38,7 @@ def calibrate(config, overrides, run, datasets) -> float:
     cal = load_config(config, overrides + [f'train.out_dir={run}_cal', 'train.max_steps=12', 'eval.every=0', 'log.progress=false',
                                            'log.tensorboard=false', 'log.monitor_every=0', 'log.every=1'])
     shutil.rmtree(cal.train.out_dir, ignore_errors=True)
-    rows = Trainer(cal, datasets=datasets, quiet=True).fit()
+    rows = make_learner(cal, datasets=datasets, quiet=True).fit()
     shutil.rmtree(cal.train.out_dir, ignore_errors=True)
     return sum(r['img_s'] for r in rows[4:]) / len(rows[4:])
 
@@ -79,17 +80,17 @@ def main():
     ap.add_argument('--encoders', default='target,context', help='trained encoders scored at the end (comma-separated)')
     ap.add_argument('--warmup', type=float, default=0.1, help='LR warm-up as a fraction of the budget (unless optim.warmup_epochs is given)')
     ap.add_argument('--replot', action='store_true', help='only redraw the .png from the json and the run folder')
-    ap.add_argument('--cpu-math', default='default', choices=('auto', 'default'),
-                    help="as hjepa-train: 'auto' restarts this process with MKL's fast fp32 kernels on AMD CPUs")
+    ap.add_argument('--cpu-math', default='default', choices=('fastmath', 'default'),
+                    help="as train.cpu_math of hjepa-train: 'fastmath' restarts this process with MKL's fast fp32 kernels on AMD CPUs")
     ap.add_argument('overrides', nargs='*')
     a = ap.parse_args()
     out = Path(a.out)
     if a.replot:
         os.chdir(ROOT); rep = json.loads(out.read_text()); return plot(rep, read_metrics(rep['run']), out.with_suffix('.png'))
     if bool(a.epochs) == bool(a.minutes): ap.error('give one budget: --epochs E or --minutes M')
-    if a.cpu_math == 'auto':
+    if a.cpu_math == 'fastmath':
         from hjepa_nb.fastmath import relaunch
-        relaunch('auto')
+        relaunch('fastmath')
     os.chdir(ROOT)
     out.parent.mkdir(parents=True, exist_ok=True)
     base = load_config(a.config, a.overrides)
@@ -116,36 +117,37 @@ def main():
     curve_base = dict(random_init=score(rnd, ctr, cte, 'target', linear=False)['knn'],
                       raw_pixels=score(pixel_features, ctr, cte, linear=False)['knn'])
     t0 = time.time()
-    tr = Trainer(cfg, datasets=datasets, quiet=True)
-    tr.fit()
+    learn = make_learner(cfg, datasets=datasets, quiet=True)
+    learn.fit()
     train_s = time.time() - t0
     rows = read_metrics(cfg.train.out_dir)
     knn_s = sum(r.get('knn_s', 0) for r in rows)
     t1 = time.time()
     etr, ete = eval_datasets(cfg, *datasets, a.eval_train, a.eval_test)
-    model = tr.model.eval()
+    model = learn.model.eval()
     res = {e: score(model, etr, ete, e) for e in a.encoders.split(',')}
     res.update(baselines(cfg, rnd, etr, ete))
     eval_s = time.time() - t1
-    images = tr.step * cfg.data.batch_size * cfg.optim.accum_steps
+    images = learn.step * cfg.data.batch_size * cfg.optim.accum_steps
     scored = cfg.eval.encoder if cfg.eval.encoder in res else next(iter(res))
     summary = {k: {'knn': round(v['knn'], 2), 'linear': round(v['linear'], 2)} for k, v in res.items()}
     gain = {m: round(summary[scored][m] - summary['random_init'][m], 2) for m in ('knn', 'linear')}
     mon = [r for r in rows if 'target_rank' in r]
     report = dict(name=a.name, command='python bench/quality.py ' + ' '.join(sys.argv[1:]), config=a.config, overrides=a.overrides,
                   run=cfg.train.out_dir, seed=cfg.train.seed, budget_epochs=epochs, budget_min=a.minutes or None,
-                  steps=tr.step, images_seen=images, epochs_seen=round(images / n_train, 3),
+                  steps=learn.step, images_seen=images, epochs_seen=round(images / n_train, 3),
                   train_min=round(train_s / 60, 2), eval_min=round(eval_s / 60, 2),
                   img_s=round(images / max(1e-9, train_s - knn_s), 1), img_s_calibration=cal and round(cal, 1),
                   cpu=cpu_name(), threads=torch.get_num_threads(), torch=torch.__version__, amp=cfg.train.amp,
-                  cpu_math=os.environ.get('HJEPA_CPU_MATH', a.cpu_math), scored_encoder=scored, gain_vs_random=gain,
+                  cpu_math='fastmath' if os.environ.get('HJEPA_FASTMATH') == 'on' else 'default', cpu_math_asked=a.cpu_math,
+                  HJEPA_FASTMATH=os.environ.get('HJEPA_FASTMATH'), scored_encoder=scored, gain_vs_random=gain,
                   summary=summary, eval_sizes=[res['target']['n_train'], res['target']['n_test']],
                   curve_sizes=[len(ctr), len(cte)], curve_baselines=curve_base,
                   knn_curve=[(r['step'], r['knn_acc']) for r in rows if 'knn_acc' in r],
                   final_monitor=mon[-1] if mon else None, first_monitor=mon[0] if mon else None,
                   final_loss=next((r['loss'] for r in reversed(rows) if 'loss' in r), None))
     out.write_text(json.dumps(report, indent=1))
-    print(json.dumps(dict(name=a.name, summary=summary, gain=gain, steps=tr.step, train_min=report['train_min'], img_s=report['img_s'])))
+    print(json.dumps(dict(name=a.name, summary=summary, gain=gain, steps=learn.step, train_min=report['train_min'], img_s=report['img_s'])))
     plot(report, rows, out.with_suffix('.png'))
     try:
         from hjepa_nb.monitor import pca_figure

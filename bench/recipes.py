@@ -45,7 +45,7 @@ def main():
             name, over = todo.pop(0)
             tag = f'{name}_e{a.epochs:g}_s{a.seed}'
             out = RES / 'recipes' / f'{tag}.json'
-            cmd = [sys.executable, 'bench/quality.py', '--epochs', str(a.epochs), '--name', name, '--cpu-math', 'auto', '--config', a.config,
+            cmd = [sys.executable, 'bench/quality.py', '--epochs', str(a.epochs), '--name', name, '--cpu-math', 'fastmath', '--config', a.config,
                    '--eval-train', str(a.eval_train), '--eval-test', str(a.eval_test),
                    '--curve-points', str(a.curve[0]), '--curve-train', str(a.curve[1]), '--curve-test', str(a.curve[2]), '--out', str(out.relative_to(ROOT)),
                    '--run', f'runs/recipes/{tag}', *over, f'train.seed={a.seed}', *par]

@@ -5,6 +5,8 @@ timed side by side with hjepa_nb's step on the same images, masks, thread settin
     python bench/refstep.py --settings quick_validation --threads 1
 
 Writes bench/results/refstep.{json,md}. Written here from the description of that code base, not copied.
+hjepa_nb's side is `Learner.one_step` (throughput.bench_learner: the config's Learner with NonFiniteGuard); bench/
+defines no step of hjepa_nb's. `--phases` splits it with throughput.PhaseTimer, summed into this file's PHASES.
 
 What the reference-style step does (and hjepa_nb does not):
 - context encoder: timm ViT over ALL tokens (class token + every patch); masked patches are zeroed after
@@ -25,6 +27,7 @@ At 224/16 its parameter count equals the reference run's: 12,051,264 total, 6,52
 """
 from __future__ import annotations
 import argparse, copy, json, math, os, statistics, sys, time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -35,6 +38,19 @@ import throughput as T  # noqa: E402
 
 REF_PARAMS_224 = dict(total=12_051_264, trainable=6_526_848)
 ROUNDS = {'quick_validation': 8, 'cifar10_tiny': 8}      # timed rounds (each: one step of each side) per setting
+MOMENTUM = 0.996
+PHASES = ('target_fwd', 'context_fwd', 'predictor_loss', 'backward', 'clip_adamw', 'ema')   # the reference-style step's
+# hjepa_nb's step is `Learner.one_step`, split by throughput.PhaseTimer into finer phases; summed into PHASES here
+OURS = dict(target_fwd=('to_device', 'target_fwd'), context_fwd=('context_fwd',), predictor_loss=('predictor_loss',),
+            backward=('backward',), clip_adamw=('clip', 'finite_check', 'adamw', 'zero_grad'), ema=('ema',))
+
+
+class Clock:
+    "Accumulate perf_counter time per phase name (one step at a time)."
+    def __init__(self): self.t, self.last = {}, None
+    def start(self): self.last = time.perf_counter()
+    def lap(self, name):
+        now = time.perf_counter(); self.t[name] = self.t.get(name, 0.) + now - self.last; self.last = now
 
 
 class RefEncoder(nn.Module):
@@ -150,13 +166,13 @@ def union_mask(batch, n_patches: int) -> torch.Tensor:
 def ref_step(model, opt, images, mask, clip: float, amp=None, clock=None):
     "One reference-style training step; (wall s, process CPU s)."
     t0, c0 = time.perf_counter(), time.process_time()
-    clock = clock or T.Clock()
-    ctx = torch.autocast('cpu', dtype=amp) if amp is not None else T.nullcontext()
+    clock = clock or Clock()
+    ctx = torch.autocast('cpu', dtype=amp) if amp is not None else nullcontext()
     with ctx: loss = model(images, mask, clock)
     loss.backward(); clock.lap('backward')
     if clip > 0: torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip)
     opt.step(); opt.zero_grad(); clock.lap('clip_adamw')
-    model.ema(T.MOMENTUM); clock.lap('ema')
+    model.ema(MOMENTUM); clock.lap('ema')
     return time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -170,12 +186,9 @@ def count_ref_flops(model, images, mask) -> float:
 
 def worker(args) -> dict:
     torch.set_num_threads(args.threads)
-    from hjepa_nb.hjepa import HJEPA
-    cfg = T.load_cfg(args.setting)
+    learn = T.bench_learner(T.load_cfg(args.setting), args.threads, args.amp)     # hjepa_nb's side: Learner.one_step
+    cfg, ours = learn.cfg, learn.model
     amp = torch.bfloat16 if args.amp == 'bf16' else None
-    torch.manual_seed(0)
-    ours = HJEPA.from_config(cfg).train()
-    opt_o = T.make_optimizer(ours, cfg)
     torch.manual_seed(0)
     ref = RefHJEPA(cfg).train()
     opt_r = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=cfg.optim.lr,
@@ -192,30 +205,30 @@ def worker(args) -> dict:
     clip = cfg.optim.clip_grad
     warm, rounds = T.SETTINGS[args.setting][1], args.rounds or ROUNDS[args.setting]
     for i in range(warm):
-        T.train_step(ours, opt_o, batches[i], cfg, amp); ref_step(ref, opt_r, batches[i]['images'], masks[i], clip, amp)
+        T.timed_step(learn, batches[i]); ref_step(ref, opt_r, batches[i]['images'], masks[i], clip, amp)
     sides = ['ours', 'ref'] + (['ours_bf16'] if args.with_bf16 else [])
     if args.with_bf16:
-        T.train_step(ours, opt_o, batches[0], cfg, torch.bfloat16)
+        with T.amp_as(learn, torch.bfloat16): T.timed_step(learn, batches[0])
     ts = {k: [] for k in sides}
     tc = {k: [] for k in sides}
     add = lambda k, wc: (ts[k].append(wc[0]), tc[k].append(wc[1]))
-    ph_ref, ph_ours = {p: [] for p in T.PHASES}, {p: [] for p in T.PHASES}
+    ph_ref, ph_ours, timer = {p: [] for p in PHASES}, {p: [] for p in PHASES}, T.PhaseTimer()
     for r in range(rounds):
         i = r % len(batches)
         order = sides[r % len(sides):] + sides[:r % len(sides)]
         for side in order:
             if side == 'ours':
-                add('ours', T.train_step(ours, opt_o, batches[i], cfg, amp))
+                add('ours', T.timed_step(learn, batches[i]))
             elif side == 'ours_bf16':
-                add('ours_bf16', T.train_step(ours, opt_o, batches[i], cfg, torch.bfloat16))
+                with T.amp_as(learn, torch.bfloat16): add('ours_bf16', T.timed_step(learn, batches[i]))
             else:
-                c = T.Clock(); add('ref', ref_step(ref, opt_r, batches[i]['images'], masks[i], clip, amp, c))
-                for p in T.PHASES: ph_ref[p].append(c.t[p])
+                c = Clock(); add('ref', ref_step(ref, opt_r, batches[i]['images'], masks[i], clip, amp, c))
+                for p in PHASES: ph_ref[p].append(c.t[p])
         if args.phases:
-            ph = T.phased_step(ours, opt_o, batches[i], cfg, amp)
-            for p in T.PHASES: ph_ours[p].append(ph[p])
+            ph = timer.step(learn, batches[i])
+            for p in PHASES: ph_ours[p].append(sum(ph[q] for q in OURS[p]))
     used = sorted({r % len(batches) for r in range(rounds)})          # FLOPs of the mask steps that were timed
-    fl_ours = statistics.mean(T.count_flops(ours, batches[i], amp, modes=('explicit',))['explicit']['total'] for i in used)
+    fl_ours = statistics.mean(T.count_flops(learn, batches[i], modes=('explicit',))['explicit']['total'] for i in used)
     fl_ref = statistics.mean(count_ref_flops(ref, batches[i]['images'], masks[i]) for i in used)
     B = cfg.data.batch_size
     mo, mr = statistics.median(ts['ours']), statistics.median(ts['ref'])
@@ -281,10 +294,10 @@ def markdown(out) -> str:
               f"- parameters: reference-style {d['ref_params']['total']:,} total / {d['ref_params']['trainable']:,} trainable; "
               f"hjepa_nb {d['ours_params']['total']:,} / {d['ours_params']['trainable']:,}",
               f"- peak RSS of the process holding both models: {d['maxrss_mib']:.0f} MiB", '',
-              '| phase (ms, median) | ' + ' | '.join(T.PHASES) + ' |', '|---|' + '---|' * len(T.PHASES),
-              '| reference-style | ' + ' | '.join(f"{d['ref_phase_ms'][p]:.0f}" for p in T.PHASES) + ' |']
+              '| phase (ms, median) | ' + ' | '.join(PHASES) + ' |', '|---|' + '---|' * len(PHASES),
+              '| reference-style | ' + ' | '.join(f"{d['ref_phase_ms'][p]:.0f}" for p in PHASES) + ' |']
         if d.get('ours_phase_ms'):
-            L.append('| hjepa_nb | ' + ' | '.join(f"{d['ours_phase_ms'][p]:.0f}" for p in T.PHASES) + ' |')
+            L.append('| hjepa_nb | ' + ' | '.join(f"{d['ours_phase_ms'][p]:.0f}" for p in PHASES) + ' |')
         L.append('')
     return '\n'.join(L)
 

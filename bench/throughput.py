@@ -1,29 +1,40 @@
 """Images per second of one full H-JEPA training step on this CPU, with a breakdown by phase, peak memory,
-model FLOP utilisation, and the data path alone -- using the real library.
+model FLOP utilisation, the data path alone, and the step against the one it replaced -- using the real library.
 
-    python bench/throughput.py                # quick_validation + cifar10_tiny, step and data path (~4-5 min)
-    python bench/throughput.py --options      # speed options side by side -> results/speed_options.{json,md}
-    python bench/throughput.py --bf16-curve   # ~100 steps fp32 vs bf16 vs oneDNN-fp32 losses -> results/bf16_curve.{json,md}
+    python bench/throughput.py                # quick_validation + cifar10_tiny, step and data path (~5-6 min)
+    python bench/throughput.py --options      # speed options side by side -> results/speed_options.json
+    python bench/throughput.py --bf16-curve   # ~100 steps fp32 vs bf16 vs oneDNN-fp32 losses -> results/bf16_curve.{json,png}
+    python bench/throughput.py --settings quick_validation --rounds 2 --out /tmp/t.json   # a quick look
 
 Run from the repository root. The default run writes bench/results/throughput.{json,md}.
 
-One step = what the Trainer does per micro-batch plus one optimizer step: target-encoder forward
-(no grad) + layer norm + gather, context-encoder forward on the kept tokens, predictor + 2-D pooled
-hierarchy + loss, backward, the finite-loss check, gradient clipping, AdamW (hjepa_nb.train.param_groups),
-zero_grad, EMA (`model.update_target`). Images are fixed random tensors (the data path is measured
-separately) and masks come from `MultiBlockMaskCollator.from_config(cfg).sample_masks(B, step=i)` for a
-fixed cycle of steps, so every setting sees the same token counts.
+bench/ has no training step of its own: every timed step is `learn.one_step([batch])` of `bench_learner(cfg)`, the
+config's Learner with `cbs=[NonFiniteGuard()]` (to_device, forward under autocast, backward, clip, finite check,
+fused AdamW, zero_grad, EMA). Images are fixed random tensors (the data path is measured separately); masks are
+`MultiBlockMaskCollator.from_config(cfg).sample_masks(B, step=i)` for a fixed cycle of i, the same for every run.
 
-Each setting runs in its own subprocess (so `ru_maxrss` peaks are separate). In a subprocess, rounds of
-[phased step, plain step, 2048^2 fp32 matmul] are interleaved and medians taken; the plain step calls
-`model(batch)` exactly as the Trainer does and gives the images/s; the phased step repeats the same
-computation split at the phase boundaries (CPU ops are synchronous, so perf_counter around them is exact).
-FLOPs are counted with torch.utils.flop_counter.FlopCounterMode with timm's `fused_attn=False` (explicit
-attention math; the counter misses the fused CPU SDPA kernel), while timing uses the fused kernel.
-MFU = FLOPs per step / step time / the 2048^2 fp32 matmul rate measured in the same process.
+Each setting runs in its own subprocess (separate `ru_maxrss` peaks), which interleaves rounds of [plain step,
+phased step, 2048^2 fp32 matmul, old step] and takes medians:
+- plain step: `one_step` alone; gives the images/s.
+- phased step: `one_step` with PhaseTimer attached. It only takes timestamps (forward pre-hooks on the model, its
+  context encoder and predictor; a forward hook on the model; post-accumulate-grad hooks; the before_step/after_step
+  events; the optimizer's step pre/post hooks; entry to `update_target`), so it splits the step into PHASES, which
+  sum to the step (CPU ops are synchronous).
+- old step: the step of `hjepa_nb.train.Trainer` at commit 091c4bf (the last that had it), from that commit's own
+  source (`git archive`, imported as `hjepa_nb_091c4bf`, only import lines renamed), training a deep copy of the
+  Learner's model (same code and weights: both first losses are recorded) on the same batches. Its loader runs the
+  round's other work, then yields the round's batch; the step is timed from there to its `after_step` event.
+  `old_over_new`: old / new step time per round, median (1.00: no change; > 1: faster now).
+FLOPs: FlopCounterMode around `learn._forward(batch)` (phases from its module totals) and `backward()`, with timm's
+`fused_attn=False` (the counter misses the fused CPU SDPA kernel that timing uses). MFU = FLOPs per step / step time
+/ the 2048^2 fp32 matmul rate measured in the same process.
+
+Dropped with the Learner redesign: the copies of the forward pass (which also left out the VICReg term) and of the
+optimizer step, so `--options` no longer times AdamW for-loop/foreach/fused or the EMA loop (`--micro`); the step
+uses fused AdamW and `_foreach_lerp_`, chosen from those timings (kept in results/speed_options.json).
 """
 from __future__ import annotations
-import argparse, copy, json, math, os, platform, resource, statistics, subprocess, sys, tempfile, time
+import argparse, copy, importlib, io, json, os, platform, re, resource, statistics, subprocess, sys, tarfile, tempfile, time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -31,13 +42,16 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / 'bench' / 'results'
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / 'bench'))
 
-SETTINGS = {  # name: (config file, warm-up steps, timed rounds, data-path batches)
+SETTINGS = {  # name: (config file, warm-up rounds, timed rounds, data-path batches)
     'quick_validation': ('configs/quick_validation.yaml', 2, 6, 60),
     'cifar10_tiny': ('configs/cifar10_tiny.yaml', 1, 5, 24),
 }
 DATA_ROOT = '../shared/data/cifar10'      # relative to the repository root
-MOMENTUM = 0.996
-PHASES = ('target_fwd', 'context_fwd', 'predictor_loss', 'backward', 'clip_adamw', 'ema')
+OLD_COMMIT = '091c4bf'                    # the last commit with hjepa_nb.train.Trainer
+# one_step split at the timestamps PhaseTimer takes; each phase ends at the mark of its name
+PHASES = ('to_device', 'target_fwd', 'context_fwd', 'predictor_loss', 'backward', 'clip', 'finite_check', 'adamw',
+          'zero_grad', 'ema')
+N_FWD_BWD = 5                             # PHASES[:5] run per micro-batch, PHASES[5:] once per optimizer step
 
 
 def maxrss_mib() -> float:
@@ -60,17 +74,36 @@ def make_batches(cfg, n_masks: int = 4, seed: int = 0) -> list[dict]:
     out = []
     for i in range(n_masks):
         ctx, tgt = coll.sample_masks(B, step=i)
-        out.append({'images': images, 'labels': torch.zeros(B, dtype=torch.long), 'ctx_idx': ctx, 'tgt_idx': tgt})
+        out.append({'images': images, 'labels': torch.zeros(B, dtype=torch.long), 'ctx_idx': ctx, 'tgt_idx': tgt, 'mb': i})
     return out
 
 
-def make_optimizer(model, cfg, impl: str = 'default'):
-    "AdamW over hjepa_nb.train.param_groups as the Trainer builds it; impl: default (for-loop on CPU), foreach, fused."
-    import torch
-    from hjepa_nb.train import param_groups
-    kw = dict(foreach=True) if impl == 'foreach' else dict(fused=True) if impl == 'fused' else {}
-    return torch.optim.AdamW(param_groups(model), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
-                             weight_decay=cfg.optim.weight_decay, **kw)
+def bench_learner(cfg, threads: int, amp: str | None = None, model=None):
+    """A set-up `Learner` for `cfg` with `cbs=[NonFiniteGuard()]`, on the CPU with `threads` threads (`amp`: train.amp).
+    Its data is a small synthetic set that nothing draws from: the benchmark steps it on `make_batches`."""
+    from hjepa_nb.config import with_overrides
+    from hjepa_nb.train import Learner
+    from hjepa_nb.callbacks import NonFiniteGuard
+    ov = ['data.dataset=synthetic', f'data.synthetic_size={max(16, cfg.data.batch_size)}', 'data.num_workers=0',
+          'train.device=cpu', f'train.threads={threads}'] + ([f'train.amp={amp}'] if amp else [])
+    learn = Learner(with_overrides(cfg, ov), cbs=[NonFiniteGuard()], model=model)
+    learn.setup(); learn.model.train()                 # as `fit` does
+    return learn
+
+
+def timed_step(learn, batch) -> tuple[float, float]:
+    "One `learn.one_step([batch])`: (wall s, process CPU s)."
+    t0, c0 = time.perf_counter(), time.process_time()
+    learn.one_step([batch])
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+@contextmanager
+def amp_as(learn, dtype):
+    "Run the Learner's steps under autocast `dtype` (None: fp32) for a while: what `train.amp` sets at setup."
+    old, learn.amp = learn.amp, dtype
+    try: yield
+    finally: learn.amp = old
 
 
 @contextmanager
@@ -84,87 +117,50 @@ def explicit_attention(model):
         for m, o in zip(mods, old): m.fused_attn = o
 
 
-class Clock:
-    "Accumulate perf_counter time per phase name (one step at a time)."
-    def __init__(self): self.t, self.last = {}, None
-    def start(self): self.last = time.perf_counter()
-    def lap(self, name):
-        now = time.perf_counter(); self.t[name] = self.t.get(name, 0.) + now - self.last; self.last = now
+class PhaseTimer:
+    """Time one `learn.one_step` by PHASES from hooks and events that only take timestamps (see the module docstring);
+    it goes first in `learn.cbs`, so NonFiniteGuard's host sync counts as `finite_check`."""
+    def mark(self, name: str):
+        if name not in self.t: self.t[name] = time.perf_counter()
+    def before_step(self, learn): self.mark('clip')
+    def after_step(self, learn): self.mark('ema')
+
+    def step(self, learn, batch) -> dict:
+        "Seconds per phase of `learn.one_step([batch])`."
+        m, opt, mk = learn.model, learn.opt, self.mark
+        def grad_done(p): self.t['backward'] = time.perf_counter()   # the last gradient accumulated ends backward
+        def ema(momentum): mk('zero_grad'); return type(m).update_target(m, momentum)
+        hs = [m.register_forward_pre_hook(lambda *a: mk('to_device')),
+              m.context_encoder.register_forward_pre_hook(lambda *a: mk('target_fwd')),
+              m.predictor.register_forward_pre_hook(lambda *a: mk('context_fwd')),
+              m.register_forward_hook(lambda *a: mk('predictor_loss')),
+              opt.register_step_pre_hook(lambda *a: mk('finite_check')), opt.register_step_post_hook(lambda *a: mk('adamw'))]
+        hs += [p.register_post_accumulate_grad_hook(grad_done) for p in m.parameters() if p.requires_grad]
+        self.t, m.update_target = {}, ema
+        learn.cbs.insert(0, self)
+        try:
+            t0 = time.perf_counter(); learn.one_step([batch])
+        finally:
+            learn.cbs.remove(self); del m.update_target
+            for h in hs: h.remove()
+        ts = [t0] + [self.t[p] for p in PHASES]
+        return {p: b - a for p, a, b in zip(PHASES, ts, ts[1:])}
 
 
-def forward_phased(model, batch, clock=None, counters=None, amp=None):
-    "HJEPA.forward (hierarchy='pool') split at phase boundaries; returns the loss. `counters`: phase -> FlopCounterMode."
-    import torch
-    from hjepa_nb.patches import apply_masks
-    from hjepa_nb.loss import normalize_target
-    from hjepa_nb.hierarchy import hierarchy_levels
-    ctxm = (lambda n: counters[n]) if counters else (lambda n: nullcontext())
-    ac = (lambda: torch.autocast('cpu', dtype=amp)) if amp is not None else nullcontext
-    images, ctx_idx = batch['images'], batch['ctx_idx']
-    tgt_list = list(batch['tgt_idx']); tgt = torch.cat(tgt_list, 0)
-    if clock: clock.start()
-    with ctxm('target_fwd'), ac(), torch.no_grad():
-        h = model.target_encoder(images)
-        target = apply_masks(normalize_target(h), tgt_list)
-    if clock: clock.lap('target_fwd')
-    with ctxm('context_fwd'), ac():
-        z = model.context_encoder(images, ctx_idx)
-    if clock: clock.lap('context_fwd')
-    with ctxm('predictor_loss'), ac():
-        pred = model.predictor(z, ctx_idx, tgt)
-        preds, targets, weights = hierarchy_levels(pred, target, tgt, model.grid, model.heads)
-        loss, _ = model.criterion(preds, targets, weights)
-    if clock: clock.lap('predictor_loss')
-    return loss
-
-
-def optimizer_tail(model, opt, loss, clip: float, clock=None, ema: str = 'foreach_lerp'):
-    "The Trainer's step after backward: finite check (host sync), clip, AdamW, zero_grad, EMA."
-    import torch
-    if not torch.isfinite(loss): raise FloatingPointError('loss is not finite')
-    torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else float('inf'))
-    opt.step(); opt.zero_grad(set_to_none=True)
-    if clock: clock.lap('clip_adamw')
-    if ema == 'foreach_lerp': model.update_target(MOMENTUM)
-    else:
-        with torch.no_grad():
-            for pt, pc in zip(model.target_encoder.parameters(), model.context_encoder.parameters()):
-                pt.mul_(MOMENTUM).add_(pc, alpha=1 - MOMENTUM)
-    if clock: clock.lap('ema')
-
-
-def train_step(model, opt, batch, cfg, amp=None, fwd=None):
-    "One plain training step as the Trainer runs it (`model(batch)` under autocast when `amp`); (wall s, process CPU s)."
-    import torch
-    t0, c0 = time.perf_counter(), time.process_time()
-    with (torch.autocast('cpu', dtype=amp) if amp is not None else nullcontext()):
-        loss, parts = (fwd if fwd is not None else model)(batch)
-    loss.backward()
-    optimizer_tail(model, opt, loss.detach(), cfg.optim.clip_grad)
-    return time.perf_counter() - t0, time.process_time() - c0
-
-
-def phased_step(model, opt, batch, cfg, amp=None) -> dict:
-    "One training step split into PHASES; seconds per phase."
-    clock = Clock()
-    loss = forward_phased(model, batch, clock, amp=amp)
-    loss.backward(); clock.lap('backward')
-    optimizer_tail(model, opt, loss.detach(), cfg.optim.clip_grad, clock)
-    return clock.t
-
-
-def count_flops(model, batch, amp=None, modes=('explicit', 'fused')) -> dict:
-    "FLOPs per phase of one step (forward + backward; optimizer and EMA are not matmul work), explicit and fused attention."
+def count_flops(learn, batch, modes=('explicit', 'fused')) -> dict:
+    "FLOPs of one step (forward per phase + backward; optimizer and EMA do no matmuls), explicit and fused attention."
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-    out = {}
+    from hjepa_nb.core import to_device
+    batch, m, out = to_device(batch, learn.device), learn.model, {}
     for mode in modes:
-        with (explicit_attention(model) if mode == 'explicit' else nullcontext()):
-            counters = {p: FlopCounterMode(display=False) for p in PHASES[:3] + ('backward',)}
-            loss = forward_phased(model, batch, counters=counters, amp=amp)
-            with counters['backward']: loss.backward()
-            model.zero_grad(set_to_none=True)
-        out[mode] = {p: c.get_total_flops() for p, c in counters.items()}
+        with (explicit_attention(m) if mode == 'explicit' else nullcontext()):
+            with FlopCounterMode(display=False) as fw: loss, _ = learn._forward(batch)
+            with FlopCounterMode(display=False) as bw: loss.backward()
+            learn.opt.zero_grad(set_to_none=True)
+        per = {k: sum(v.values()) for k, v in fw.get_flop_counts().items()}
+        te, ce = (per.get(f'{type(m).__name__}.{k}', 0) for k in ('target_encoder', 'context_encoder'))
+        out[mode] = dict(target_fwd=te, context_fwd=ce, predictor_loss=fw.get_total_flops() - te - ce, backward=bw.get_total_flops())
         out[mode]['total'] = sum(out[mode].values())
     return out
 
@@ -179,84 +175,139 @@ def token_counts(batches) -> dict:
                 targets_per_image=len(batches[0]['tgt_idx']))
 
 
+def old_trainer_modules(commit: str = OLD_COMMIT):
+    "hjepa_nb's `train` and `config` modules as of `commit`, from `git archive` into a temporary folder (package renamed)."
+    name = f'hjepa_nb_{commit}'
+    if name not in sys.modules:
+        d = Path(tempfile.mkdtemp(prefix='hjepa_old_'))
+        import atexit, shutil; atexit.register(shutil.rmtree, d, True)
+        tar = subprocess.run(['git', 'archive', commit, 'hjepa_nb'], cwd=ROOT, capture_output=True, check=True).stdout
+        tarfile.open(fileobj=io.BytesIO(tar)).extractall(d, filter='data')
+        (d / 'hjepa_nb').rename(d / name)
+        for f in (d / name).glob('*.py'):
+            f.write_text(re.sub(r'^(\s*)(from|import) hjepa_nb\b', rf'\1\2 {name}', f.read_text(), flags=re.M))
+        sys.path.insert(0, str(d))
+    return importlib.import_module(f'{name}.train'), importlib.import_module(f'{name}.config')
+
+
+def run_rounds(learn, batches, n: int, body, commit: str | None = OLD_COMMIT) -> dict | None:
+    """`body(r)` for r in range(n); with `commit`, after each, the old Trainer's step on round r's batch (see the module
+    docstring). Returns the old steps' wall and CPU seconds and its first loss (None without `commit`)."""
+    if not commit:
+        for r in range(n): body(r)
+        return None
+    from hjepa_nb.config import config_to_dict, apply_overrides
+    train, config = old_trainer_modules(commit)
+    res, t = dict(wall=[], cpu=[]), {}
+    def feed():
+        for r in range(n):
+            body(r)
+            t['w'], t['c'] = time.perf_counter(), time.process_time()
+            yield batches[r % len(batches)]
+    class Feed:
+        def __iter__(self):
+            if t: raise RuntimeError('the old Trainer asked for a second epoch')
+            return feed()
+    class Clock:
+        def after_step(self, tr):
+            res['wall'].append(time.perf_counter() - t['w']); res['cpu'].append(time.process_time() - t['c'])
+    class Fed(train.Trainer):
+        def setup(self): super().setup(); self.loader = Feed()
+    known, new = config.config_to_dict(config.Config()), config_to_dict(learn.cfg)   # keys added since are left out
+    res['config_keys_left_out'] = [f'{s}.{k}' for s, sec in new.items() for k in sec if k not in known.get(s, {}) or k == 'cpu_math']
+    ocfg = config.from_dict(apply_overrides({s: {k: v for k, v in sec.items() if k in known.get(s, {}) and k != 'cpu_math'}
+                                             for s, sec in new.items()}, [
+        f'train.max_steps={n}', 'optim.accum_steps=1', 'log.every=1', 'log.tensorboard=false', 'log.progress=false', 'log.monitor_every=0',
+        'eval.every=0', 'train.ckpt_every=1000000', 'train.keep_best=0', 'train.compile=false']))
+    out_dir = tempfile.mkdtemp(prefix='old_trainer_')
+    tr = Fed(ocfg, callbacks=[Clock()], out_dir=out_dir, model=copy.deepcopy(learn.model),
+             datasets=(learn.train_ds, learn.test_ds), quiet=True)
+    hist = tr.fit()
+    import shutil; shutil.rmtree(out_dir, ignore_errors=True)
+    res['first_loss'] = hist[0]['loss']
+    return res
+
+
 # --------------------------------------------------------------------------------- step worker
 def worker_step(args) -> dict:
     import torch
     torch.set_num_threads(args.threads)
     rss_import = maxrss_mib()
-    from hjepa_nb.hjepa import HJEPA
     from hjepa_nb.models import param_counts
-    cfg = load_cfg(args.setting)
-    torch.manual_seed(0)
-    model = HJEPA.from_config(cfg).train()
-    opt = make_optimizer(model, cfg)
+    from hjepa_nb.config import config_to_dict
+    learn = bench_learner(load_cfg(args.setting), args.threads, args.amp)
+    cfg, model = learn.cfg, learn.model
     batches = make_batches(cfg)
-    amp = torch.bfloat16 if args.amp == 'bf16' else None
-    # the phased forward computes what model(batch) computes
-    with torch.no_grad():
-        l_model = float(model(batches[0])[0]); l_phased = float(forward_phased(model, batches[0]))
-    if not math.isclose(l_model, l_phased, rel_tol=1e-5, abs_tol=1e-7):
-        raise AssertionError(f'phased forward loss {l_phased} != model(batch) loss {l_model}')
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
     warm, rounds = SETTINGS[args.setting][1], args.rounds or SETTINGS[args.setting][2]
-    for i in range(warm):
-        phased_step(model, opt, batches[i % len(batches)], cfg, amp); train_step(model, opt, batches[i % len(batches)], cfg, amp)
-    matmul_rate_once(n, a, b)
-    full, full_cpu, phases, mm = [], [], {p: [] for p in PHASES}, []
-    t_run = time.perf_counter()
-    for r in range(rounds):
+    full, full_cpu, phases, mm, first = [], [], {p: [] for p in PHASES}, [], {}
+    timer = PhaseTimer()
+    def body(r):
         bt = batches[r % len(batches)]
-        ph = phased_step(model, opt, bt, cfg, amp)
+        if r == 0:                                     # before any step: to compare with the old step's first loss
+            with torch.no_grad(): first['new'] = float(learn._forward(bt)[0])
+        w, c = timed_step(learn, bt)
+        ph = timer.step(learn, bt)
+        mr = matmul_rate_once(n, a, b)
+        if r < warm: return
+        full.append(w); full_cpu.append(c); mm.append(mr)
         for p in PHASES: phases[p].append(ph[p])
-        w, c = train_step(model, opt, bt, cfg, amp); full.append(w); full_cpu.append(c)
-        mm.append(matmul_rate_once(n, a, b))
+    t_run = time.perf_counter()
+    try: old = run_rounds(learn, batches, warm + rounds, body, args.old_commit)
+    except Exception as e:                             # no git history, or the old code does not start: new step alone
+        if first: raise                                # ... but not an error during the rounds
+        print(f'old step unavailable ({type(e).__name__}: {e}); timing the new step alone', file=sys.stderr, flush=True)
+        old = dict(error=f'{type(e).__name__}: {str(e)[-300:]}'); run_rounds(learn, batches, warm + rounds, body, None)
     t_run = time.perf_counter() - t_run
     rss_peak = maxrss_mib()
     # FLOPs: average over the same mask cycle the timed rounds used
-    used = [batches[i] for i in sorted({r % len(batches) for r in range(rounds)})]
-    fl = [count_flops(model, bt, amp, modes=('explicit', 'fused') if j == 0 else ('explicit',)) for j, bt in enumerate(used)]
-    flops = {'explicit': {p: statistics.mean(f['explicit'][p] for f in fl) for p in fl[0]['explicit']}}
+    used = [batches[i] for i in sorted({r % len(batches) for r in range(warm, warm + rounds)})]
+    fl = [count_flops(learn, bt, modes=('explicit', 'fused') if j == 0 else ('explicit',)) for j, bt in enumerate(used)]
+    flops = {p: statistics.mean(f['explicit'][p] for f in fl) for p in fl[0]['explicit']}
     undercount = 1 - fl[0]['fused']['total'] / fl[0]['explicit']['total']      # on the first mask step
-    B = cfg.data.batch_size
+    B, A = cfg.data.batch_size, cfg.optim.accum_steps
     step_s = statistics.median(full)
     ph_ms = {p: 1e3 * statistics.median(v) for p, v in phases.items()}
-    fb = sum(ph_ms[p] for p in PHASES[:4]); tail = ph_ms['clip_adamw'] + ph_ms['ema']
-    A = cfg.optim.accum_steps
+    fb, tail = sum(ph_ms[p] for p in PHASES[:N_FWD_BWD]), sum(ph_ms[p] for p in PHASES[N_FWD_BWD:])
     mm_rate = statistics.median(mm)
-    phase_tflops = {p: flops['explicit'][p] for p in PHASES[:4]}
-    pc = param_counts(model)
-    from hjepa_nb.config import config_to_dict
+    phase_flops = {p: v for p, v in flops.items() if p != 'total'}
+    vs_old = None
+    if old and 'error' not in old:
+        ow, oc = old['wall'][warm:], old['cpu'][warm:]
+        ratios = [o / w for o, w in zip(ow, full)]
+        vs_old = dict(commit=args.old_commit, old_step_s_all=ow, old_step_cpu_s_all=oc, old_step_s_median=statistics.median(ow),
+                      old_img_per_s=B / statistics.median(ow), old_over_new_all=ratios, old_over_new_median=statistics.median(ratios),
+                      old_over_new_cpu_time=statistics.median(oc) / statistics.median(full_cpu),
+                      first_loss=dict(new=first['new'], old=old['first_loss']), config_keys_left_out=old['config_keys_left_out'])
+    elif old: vs_old = old
     return dict(
         setting=args.setting, config=SETTINGS[args.setting][0], config_values=config_to_dict(cfg),
         encoder_depth=len(model.context_encoder.blocks), batch_size=B, img_size=cfg.model.img_size,
         patch_size=cfg.model.patch_size, grid=list(cfg.grid), accum_steps=A, threads=torch.get_num_threads(),
-        amp=args.amp, tokens=token_counts(batches), params={k: list(v) for k, v in pc.items()},
+        amp=args.amp, tokens=token_counts(batches), params={k: list(v) for k, v in param_counts(model).items()},
         step_s_median=step_s, step_s_all=full, img_per_s=B / step_s, step_s_best=min(full),
         step_cpu_s_median=statistics.median(full_cpu), step_cpu_s_all=full_cpu,
         img_per_s_idle_estimate=B * torch.get_num_threads() / statistics.median(full_cpu),
         phase_ms_median=ph_ms, phase_sum_ms=sum(ph_ms.values()),
-        trainer_img_per_s_with_accum=A * B / ((A * fb + tail) / 1e3),
-        flops_per_step_explicit_attention=flops['explicit']['total'],
-        flops_per_step_fused_attention_counted=flops['explicit']['total'] * (1 - undercount),
-        flop_counter_undercount=undercount,
-        flops_per_phase=phase_tflops,
-        achieved_gflops=flops['explicit']['total'] / step_s / 1e9,
+        trainer_img_per_s_with_accum=A * B / ((A * fb + tail) / 1e3), vs_old_step=vs_old,
+        flops_per_step_explicit_attention=flops['total'],
+        flops_per_step_fused_attention_counted=flops['total'] * (1 - undercount),
+        flop_counter_undercount=undercount, flops_per_phase=phase_flops,
+        achieved_gflops=flops['total'] / step_s / 1e9,
         matmul_2048_gflops_median=mm_rate, matmul_2048_gflops_all=mm,
-        mfu_vs_matmul_2048=flops['explicit']['total'] / step_s / 1e9 / mm_rate,
-        phase_mfu={p: phase_tflops[p] / (ph_ms[p] / 1e3) / 1e9 / mm_rate for p in PHASES[:4]},
-        maxrss_after_import_mib=rss_import, maxrss_peak_mib=rss_peak, timed_wall_s=t_run,
-        loss_check=dict(model=l_model, phased=l_phased))
+        mfu_vs_matmul_2048=flops['total'] / step_s / 1e9 / mm_rate,
+        phase_mfu={p: v / (ph_ms[p] / 1e3) / 1e9 / mm_rate for p, v in phase_flops.items()},
+        maxrss_after_import_mib=rss_import, maxrss_peak_mib=rss_peak, timed_wall_s=t_run)
 
 
 # --------------------------------------------------------------------------------- data worker
 def worker_data(args) -> dict:
-    "Decode-cache, augment and mask-collate as the Trainer does; images/s with the config's workers and on one core."
+    "Decode-cache, augment and mask-collate as the Learner does; images/s with the config's workers and on one core."
     import torch
     os.environ['HJEPA_CACHE'] = tempfile.mkdtemp(prefix='hjepa_cache_')   # never read or evict others' decoded caches
-    from hjepa_nb.data import build_datasets, build_loader
+    from hjepa_nb.data import build_datasets, build_loader, EpochSampler, SeededItems, SeededMasks
     from hjepa_nb.masks import MultiBlockMaskCollator
-    from hjepa_nb.train import EpochSampler, SeededItems, SeededMasks
     overrides = [f'data.root={DATA_ROOT}', 'data.dataset=folder']
     cfg = load_cfg(args.setting, overrides)
     t0 = time.perf_counter()
@@ -299,96 +350,62 @@ OPTION_CANDIDATES = ('fp32', 'bf16', 'onednn_flag', 'channels_last', 'threads1')
 
 
 @contextmanager
-def candidate(name: str, model, batch):
-    "Switch a speed option on for one step: yields (amp dtype or None, batch)."
+def candidate(name: str, learn, batch):
+    "Switch a speed option on for one step of `learn`: yields the batch to step on."
     import torch
-    amp, b = None, batch
-    mm = torch.backends.mkldnn.matmul
-    if name == 'bf16': amp = torch.bfloat16
+    b, mm = batch, torch.backends.mkldnn.matmul
     if name == 'onednn_flag': old = mm.fp32_precision; mm.fp32_precision = 'bf16'
     if name == 'threads1': nt = torch.get_num_threads(); torch.set_num_threads(1)
     convs = []
     if name == 'channels_last':
         cl = torch.channels_last
-        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        convs = [m for m in learn.model.modules() if isinstance(m, torch.nn.Conv2d)]
         for m in convs: m.weight.data = m.weight.data.contiguous(memory_format=cl)
         b = dict(batch, images=batch['images'].contiguous(memory_format=cl))
-    try: yield amp, b
+    try:
+        with amp_as(learn, torch.bfloat16) if name == 'bf16' else nullcontext(): yield b
     finally:
         if name == 'onednn_flag': mm.fp32_precision = old
         if name == 'threads1': torch.set_num_threads(nt)
         for m in convs: m.weight.data = m.weight.data.contiguous()
 
 
-def micro_optim(model, cfg, batch, reps: int) -> dict:
-    "AdamW for-loop / foreach / fused and EMA loop / foreach-lerp, timed in place on real gradients; finite-check sync."
-    import torch
-    loss = forward_phased(model, batch); loss.backward()
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = [p.grad.clone() for p in params]
-    opts = {k: make_optimizer(model, cfg, k) for k in ('default', 'foreach', 'fused')}
-    ts = {f'adamw_{k}': [] for k in opts}
-    ts.update(ema_foreach_lerp=[], ema_param_loop=[], isfinite_sync=[])
-    for _ in range(reps):
-        for k, o in opts.items():
-            for p, g in zip(params, grads): p.grad = g
-            t0 = time.perf_counter(); o.step(); ts[f'adamw_{k}'].append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); model.update_target(MOMENTUM); ts['ema_foreach_lerp'].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for pt, pc in zip(model.target_encoder.parameters(), model.context_encoder.parameters()):
-                pt.mul_(MOMENTUM).add_(pc, alpha=1 - MOMENTUM)
-        ts['ema_param_loop'].append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); bool(torch.isfinite(loss.detach())); ts['isfinite_sync'].append(time.perf_counter() - t0)
-    model.zero_grad(set_to_none=True)
-    return {k: 1e3 * statistics.median(v) for k, v in ts.items()}
-
-
 def worker_options(args) -> dict:
-    "Interleave OPTION_CANDIDATES (in this process) for `rounds` rounds of full training steps; plus optimizer micro-timings."
+    "Interleave OPTION_CANDIDATES (in this process) for `rounds` rounds of full training steps."
     import torch
     if args.interop: torch.set_num_interop_threads(args.interop)
     torch.set_num_threads(args.threads)
-    from hjepa_nb.hjepa import HJEPA
-    cfg = load_cfg(args.setting)
-    torch.manual_seed(0)
-    model = HJEPA.from_config(cfg).train()
-    opt = make_optimizer(model, cfg)
-    batches = make_batches(cfg)
+    from hjepa_nb.config import config_to_dict, with_overrides
+    learn = bench_learner(load_cfg(args.setting), args.threads)
+    batches = make_batches(learn.cfg)
     cands = args.cands.split(',')
-    from hjepa_nb.config import config_to_dict
-    out = dict(setting=args.setting, config_values=config_to_dict(cfg), encoder_depth=len(model.context_encoder.blocks),
-               batch_size=cfg.data.batch_size, threads=args.threads, interop=torch.get_num_interop_threads(), candidates=cands,
-               shim=os.environ.get('LD_PRELOAD', ''))
-    fwd = None
-    if args.compile:
-        import torch._dynamo
-        fwd = torch.compile(model, dynamic=True)       # as the Trainer does with train.compile
+    out = dict(setting=args.setting, config_values=config_to_dict(learn.cfg), encoder_depth=len(learn.model.context_encoder.blocks),
+               batch_size=learn.cfg.data.batch_size, threads=args.threads, interop=torch.get_num_interop_threads(),
+               candidates=cands, shim=os.environ.get('LD_PRELOAD', ''))
+    comp = None
+    if args.compile:     # a second Learner with train.compile=true on the same model: its `fwd` is what setup compiles
+        comp = bench_learner(with_overrides(learn.cfg, ['train.compile=true']), args.threads, model=learn.model)
         t0 = time.perf_counter()
-        for i in range(2): train_step(model, opt, batches[i], cfg, fwd=fwd)   # 2 shapes: static, then dynamic
+        for i in range(2): timed_step(comp, batches[i])          # 2 shapes: static, then dynamic
         out['compile_s'] = time.perf_counter() - t0
     for c in cands:             # warm-up every candidate
-        with candidate(c, model, batches[0]) as (amp, b): train_step(model, opt, b, cfg, amp)
-    ts = {c: [] for c in cands}
-    if fwd is not None: ts['compiled'] = []
+        with candidate(c, learn, batches[0]) as b: timed_step(learn, b)
+    ts = {c: [] for c in cands + (['compiled'] if comp else [])}
     tc = {c: [] for c in ts}
     for r in range(args.rounds):
         order = cands[r % len(cands):] + cands[:r % len(cands)]
         for c in order:
-            with candidate(c, model, batches[r % len(batches)]) as (amp, b):
-                w, cp = train_step(model, opt, b, cfg, amp); ts[c].append(w); tc[c].append(cp)
-        if fwd is not None:
-            w, cp = train_step(model, opt, batches[r % len(batches)], cfg, fwd=fwd); ts['compiled'].append(w); tc['compiled'].append(cp)
+            with candidate(c, learn, batches[r % len(batches)]) as b:
+                w, cp = timed_step(learn, b); ts[c].append(w); tc[c].append(cp)
+        if comp:
+            w, cp = timed_step(comp, batches[r % len(batches)]); ts['compiled'].append(w); tc['compiled'].append(cp)
     out['step_s'] = ts
     out['step_cpu_s'] = tc
     out['step_s_median'] = {c: statistics.median(v) for c, v in ts.items()}
     out['ratio_to_fp32_median'] = {c: statistics.median(x / y for x, y in zip(ts['fp32'], v)) for c, v in ts.items()} \
         if 'fp32' in ts else {}
-    if args.micro: out['micro_ms'] = micro_optim(model, cfg, batches[0], args.micro)
     out['maxrss_mib'] = maxrss_mib()
     return out
-
-
 # --------------------------------------------------------------------------------- driver helpers
 OMP_ENV: dict = {}      # set by the drivers from --omp-wait-policy
 
@@ -425,6 +442,17 @@ def header(cmd: str) -> dict:
                 loadavg_start=[round(x, 2) for x in os.getloadavg()])
 
 
+def old_step_lines(d: dict) -> list[str]:
+    o = d.get('vs_old_step')
+    if not o: return []
+    if 'error' in o: return [f"- old step (Trainer at {OLD_COMMIT}): not measured ({o['error'][:200]})"]
+    r = sorted(o['old_over_new_all'])
+    return [f"- **new step vs old step** (`Learner.one_step` vs `Trainer` at {o['commit']}, same process, interleaved): old "
+            f"{1e3 * o['old_step_s_median']:.0f} ms, new {1e3 * d['step_s_median']:.0f} ms; old/new time per round "
+            f"**{o['old_over_new_median']:.3f}** (median; rounds {r[0]:.3f}-{r[-1]:.3f}), CPU time {o['old_over_new_cpu_time']:.3f}; "
+            f"first loss new {o['first_loss']['new']:.6f}, old {o['first_loss']['old']:.6f}"]
+
+
 def fmt_md_step(d: dict) -> list[str]:
     if 'error' in d: return [f"**{d.get('argv')}: failed** ```{d['error'][-800:]}```", '']
     ph = d['phase_ms_median']
@@ -434,7 +462,7 @@ def fmt_md_step(d: dict) -> list[str]:
          f"- tokens: context {tok['context']} (per mask step), {tok['targets_per_image']} target blocks of {tok['target_block']}",
          f"- **{d['img_per_s']:.1f} img/s** ({1e3 * d['step_s_median']:.0f} ms per step, median of {len(d['step_s_all'])}; "
          f"fastest {1e3 * d['step_s_best']:.0f} ms)" + (
-             f"; with accum_steps={d['accum_steps']} (one clip+AdamW+EMA per {d['accum_steps']} micro-batches, as the Trainer; "
+             f"; with accum_steps={d['accum_steps']} (one clip+AdamW+EMA per {d['accum_steps']} micro-batches, as the Learner; "
              f"from the phase medians): {d['trainer_img_per_s_with_accum']:.1f} img/s" if d['accum_steps'] > 1 else ''),
          f"- process CPU time per step {1e3 * d['step_cpu_s_median']:.0f} ms: {d['img_per_s_idle_estimate']:.1f} img/s if the "
          f"{d['threads']} threads were never preempted by other users (an upper bound for an idle machine)",
@@ -443,11 +471,12 @@ def fmt_md_step(d: dict) -> list[str]:
          f"({100 * d['flop_counter_undercount']:.0f}% missed)",
          f"- achieved {d['achieved_gflops']:.0f} GFLOP/s; 2048^2 fp32 matmul in the same process {d['matmul_2048_gflops_median']:.0f} "
          f"GFLOP/s; **MFU {100 * d['mfu_vs_matmul_2048']:.0f}%**",
+         *old_step_lines(d),
          f"- peak RSS {d['maxrss_peak_mib']:.0f} MiB (after `import torch, timm, hjepa_nb`: {d['maxrss_after_import_mib']:.0f} MiB)",
          f"- load average (1 min) {d.get('loadavg_1min_start')} -> {d.get('loadavg_1min_end')}", '',
          '| phase | ms (median) | share | GFLOP | MFU |', '|---|---|---|---|---|']
     tot = d['phase_sum_ms']
-    for p in PHASES:
+    for p in ph:
         fl = d['flops_per_phase'].get(p)
         L.append(f"| {p} | {ph[p]:.1f} | {100 * ph[p] / tot:.0f}% | {fl / 1e9:.2f} | {100 * d['phase_mfu'][p]:.0f}% |" if fl is not None
                  else f"| {p} | {ph[p]:.1f} | {100 * ph[p] / tot:.0f}% | - | - |")
@@ -461,14 +490,16 @@ def main_default(args):
     out['settings'] = {}
     for s in args.settings.split(','):
         print(f'[{s}] training step ...', flush=True)
-        st = run_sub(['--worker-step', s, '--threads', str(args.threads)] + (['--rounds', str(args.rounds)] if args.rounds else []),
-                     args.threads)
+        st = run_sub(['--worker-step', s, '--threads', str(args.threads), '--old-commit', args.old_commit]
+                     + (['--rounds', str(args.rounds)] if args.rounds else []), args.threads)
         print(f'[{s}] data path ...', flush=True)
         da = run_sub(['--worker-data', s, '--limit', str(args.limit)], args.threads)
         ratio = (da['img_per_s_workers'] / st['img_per_s']) if 'error' not in da and 'error' not in st else None
         out['settings'][s] = dict(step=st, data=da, data_to_step_ratio=ratio)
-        print(json.dumps({k: (v.get('img_per_s', v.get('img_per_s_workers')) if isinstance(v, dict) else v)
+        print(json.dumps({k: (v.get('img_per_s', v.get('img_per_s_workers', v.get('error', '')[-800:])) if isinstance(v, dict) else v)
                           for k, v in out['settings'][s].items()}), flush=True)
+        if (st.get('vs_old_step') or {}).get('old_over_new_median'):
+            print(f"[{s}] old/new step time {st['vs_old_step']['old_over_new_median']:.3f}", flush=True)
     out['loadavg_end'] = [round(x, 2) for x in os.getloadavg()]
     path = Path(args.out or RESULTS / 'throughput.json')
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -509,7 +540,7 @@ def main_options(args):
             if 'inproc' in parts else ('fp32', 'bf16')
         w = lambda c, extra=(): ['--worker-options', s, '--rounds', str(per), '--cands', ','.join(c), *extra]
         for rep in range(args.alternations):
-            plan.append((f'{s}/default/{rep}', w(cands, ['--micro', '10'] if rep == 0 and 'inproc' in parts else []), None, {}))
+            plan.append((f'{s}/default/{rep}', w(cands), None, {}))
             if shim: plan.append((f'{s}/shim/{rep}', w(('fp32', 'bf16', 'onednn_flag') if 'inproc' in parts else ('fp32', 'bf16')), shim, {}))
             if 'omp' in parts: plan.append((f'{s}/omp_unset/{rep}', w(('fp32', 'threads1')), None, {'OMP_WAIT_POLICY': None}))
         if 'interop' in parts: plan.append((f'{s}/interop1', w(('fp32',), ['--interop', '1']), None, {}))
@@ -576,14 +607,12 @@ def summarize_options(out: dict) -> dict:
                         speedup_cpu_time=statistics.median(x / y for x, y in zip(v['step_cpu_s']['fp32'], tcs)),
                         n=len(ts), how='same process, interleaved with its own fp32 steps', compile_s=v.get('compile_s'))
             elif v: row[tag] = dict(error=v['error'][-400:])
-        micro = [v['micro_ms'] for v in d if 'micro_ms' in v]
-        if micro: row['micro_ms'] = micro[0]
         summ[s] = row
     return summ
 
 
 def main_bf16_curve(args):
-    "Train the cifar10_tiny model shape on synthetic data with the real Trainer: fp32, bf16 autocast, oneDNN-fp32; compare losses."
+    "Train the cifar10_tiny model shape on synthetic data with make_learner(cfg).fit(): fp32, bf16 autocast, oneDNN-fp32; compare losses."
     out = header('python bench/throughput.py ' + ' '.join(sys.argv[1:]))
     runs = {}
     for name in ('fp32', 'bf16', 'onednn_flag'):
@@ -636,39 +665,39 @@ def worker_curve(args) -> dict:
     import torch
     torch.set_num_threads(args.threads)
     if args.variant == 'onednn_flag': torch.backends.mkldnn.matmul.fp32_precision = 'bf16'
-    from hjepa_nb.train import Trainer
+    from hjepa_nb.callbacks import make_learner
     cfg = load_cfg('cifar10_tiny', [
         'data.dataset=synthetic', 'data.synthetic_size=2048', f'data.batch_size={args.batch}', 'data.num_workers=0',
         f'train.max_steps={args.steps}', f"train.amp={'bf16' if args.variant == 'bf16' else 'none'}", 'train.ckpt_every=100000',
         'train.keep_best=0', 'log.every=1', 'log.tensorboard=false', 'log.progress=false', 'log.monitor_every=0', 'eval.every=0'])
     out_dir = tempfile.mkdtemp(prefix=f'curve_{args.variant}_')
-    tr = Trainer(cfg, out_dir=out_dir, quiet=True)
     t0 = time.perf_counter()
-    hist = tr.fit()
+    hist = make_learner(cfg, quiet=True, out_dir=out_dir).fit()
+    import shutil; shutil.rmtree(out_dir, ignore_errors=True)
     from hjepa_nb.config import config_to_dict
     return dict(variant=args.variant, config_values=config_to_dict(cfg), batch=args.batch, steps=args.steps, fit_s=time.perf_counter() - t0,
                 img_s=[h['img_s'] for h in hist], loss=[h['loss'] for h in hist], loss_l0=[h.get('loss_l0') for h in hist], loss_l1=[h.get('loss_l1') for h in hist],
                 maxrss_mib=maxrss_mib())
 
 
-# --------------------------------------------------------------------------------- real Trainer, threads and wait policy
+# --------------------------------------------------------------------------------- the training loop, threads and wait policy
 TRAINER_VARIANTS = {   # name: (torch threads, OMP_WAIT_POLICY or None for libgomp's default)
     't2_omp_default': (2, None), 't2_passive': (2, 'PASSIVE'), 't1': (1, None)}
 
 
 def worker_trainer(args) -> dict:
-    "Trainer.fit for a few optimizer steps on the real CIFAR-10 folder (first --limit images per class), DataLoader workers on."
+    "make_learner(cfg).fit() for a few optimizer steps on the real CIFAR-10 folder (first --limit images per class), DataLoader workers on."
     import torch
     os.environ['HJEPA_CACHE'] = tempfile.mkdtemp(prefix='hjepa_cache_')
     from hjepa_nb.data import build_datasets
-    from hjepa_nb.train import Trainer
+    from hjepa_nb.callbacks import make_learner
     cfg = load_cfg(args.setting, [f'data.root={DATA_ROOT}', 'data.dataset=folder', f'train.threads={args.threads}',
                                   f'train.max_steps={args.steps}', 'train.ckpt_every=100000', 'train.keep_best=0', 'log.every=1',
                                   'log.tensorboard=false', 'log.progress=false', 'log.monitor_every=0', 'eval.every=0'])
     ds = build_datasets(cfg, limit=args.limit, verbose=False)
-    tr = Trainer(cfg, out_dir=tempfile.mkdtemp(prefix='trainer_ab_'), datasets=ds, quiet=True)
+    learn = make_learner(cfg, quiet=True, out_dir=tempfile.mkdtemp(prefix='trainer_ab_'), datasets=ds)
     c0 = time.process_time()
-    hist = tr.fit()
+    hist = learn.fit()
     import shutil; shutil.rmtree(os.environ['HJEPA_CACHE'], ignore_errors=True)
     img_s = [h['img_s'] for h in hist]
     from hjepa_nb.config import config_to_dict
@@ -680,7 +709,7 @@ def worker_trainer(args) -> dict:
 
 
 def main_trainer_ab(args):
-    "Real Trainer (DataLoader workers included) with 2 threads + libgomp default, 2 threads + PASSIVE, and 1 thread, alternating."
+    "The real training loop (DataLoader workers included) with 2 threads + libgomp default, 2 threads + PASSIVE, and 1 thread, alternating."
     out = header('python bench/throughput.py ' + ' '.join(sys.argv[1:]))
     out['runs'] = {}
     for s in args.settings.split(','):
@@ -778,9 +807,10 @@ def main_report(args):
                           f"the finite-loss check (a host sync) {m['isfinite_sync']:.3f}."]
             L.append('')
     if ta:
-        L += [f"## 2t. The real Trainer with DataLoader workers: threads and OpenMP wait policy (`{ta['command']}`, {ta['date']})", '',
-              'Trainer.fit on the CIFAR-10 folder (first 500 images per class), 2 DataLoader workers, a few optimizer steps per '
-              'process; processes alternate. img/s from the Trainer\'s own metrics, first step excluded.', '',
+        L += [f"## 2t. The real training loop with DataLoader workers: threads and OpenMP wait policy (`{ta['command']}`, {ta['date']})", '',
+              'fit() on the CIFAR-10 folder (first 500 images per class), 2 DataLoader workers, a few optimizer steps per '
+              'process; processes alternate. img/s from the loop\'s own metrics, first step excluded. (Trainer.fit before the '
+              'Learner redesign; make_learner(cfg).fit() since.)', '',
               '| setting | variant | img/s (median) | vs 2 threads + libgomp default | steps |', '|---|---|---|---|---|']
         for s, row in ta['summary'].items():
             for v, d in row.items():
@@ -790,7 +820,7 @@ def main_report(args):
         plot_curve(cu, RESULTS / 'bf16_curve.png')
         r = cu['runs']
         L += [f"## 3. bf16 autocast numerics (`{cu['command']}`, {cu['date']})", '',
-              f"The real Trainer, cifar10_tiny model shape (32 px, patch 4, ViT-Tiny width, predictor depth 4), synthetic data, "
+              f"The real training loop, cifar10_tiny model shape (32 px, patch 4, ViT-Tiny width, predictor depth 4), synthetic data, "
               f"batch {r['fp32']['batch']}, {r['fp32']['steps']} steps, same seed; fp32 vs bf16 autocast vs the oneDNN fp32 path "
               f"(a different fp32 GEMM: its distance from fp32 is the noise floor of fp32 itself).", '',
               '| run vs fp32 | mean abs loss diff | max | mean abs diff, last 20 | relative, last 20 | final loss (last 20 mean) | speed vs fp32 |',
@@ -822,6 +852,7 @@ def main():
     ap.add_argument('--settings', default='quick_validation,cifar10_tiny')
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--rounds', type=int, default=0, help='timed rounds per setting (0: the setting default)')
+    ap.add_argument('--old-commit', default=OLD_COMMIT, help="time the step against the Trainer of this commit ('': not at all)")
     ap.add_argument('--limit', type=int, default=500, help='data path: images per class decoded into the cache')
     ap.add_argument('--out', default=None)
     ap.add_argument('--omp-wait-policy', default='PASSIVE',
@@ -829,10 +860,10 @@ def main():
     ap.add_argument('--options', action='store_true', help='speed options suite')
     ap.add_argument('--compile', action='store_true', help='with --options: also torch.compile the model (slow to compile)')
     ap.add_argument('--parts', default='inproc,shim,omp,interop',
-                    help='with --options: inproc (bf16, oneDNN flag, channels_last, 1 thread, AdamW/EMA), shim, omp, interop, compile')
+                    help='with --options: inproc (bf16, oneDNN flag, channels_last, 1 thread), shim, omp, interop, compile')
     ap.add_argument('--alternations', type=int, default=2, help='with --options: default/variant process pairs per setting')
-    ap.add_argument('--bf16-curve', action='store_true', help='fp32 vs bf16 vs oneDNN loss curves with the Trainer')
-    ap.add_argument('--trainer-ab', action='store_true', help='real Trainer: 2 threads (libgomp default / PASSIVE) vs 1 thread')
+    ap.add_argument('--bf16-curve', action='store_true', help='fp32 vs bf16 vs oneDNN loss curves with make_learner(cfg).fit()')
+    ap.add_argument('--trainer-ab', action='store_true', help='real training loop: 2 threads (libgomp default / PASSIVE) vs 1 thread')
     ap.add_argument('--report', action='store_true', help='write results/speed_options.md from the result JSON files')
     ap.add_argument('--steps', type=int, default=100)
     ap.add_argument('--batch', type=int, default=32)
@@ -846,7 +877,6 @@ def main():
     ap.add_argument('--batches', type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument('--cands', default=','.join(OPTION_CANDIDATES), help=argparse.SUPPRESS)
     ap.add_argument('--interop', type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument('--micro', type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     for attr, fn in (('setting_step', worker_step), ('setting_data', worker_data), ('setting_opts', worker_options),
                      ('variant', worker_curve), ('setting_trainer', worker_trainer)):
