@@ -15,7 +15,11 @@ __all__ = ['save_checkpoint', 'load_checkpoint', 'read_metrics']
 # %% ../nbs/09a_checkpoint.ipynb #41dbdb28
 def save_checkpoint(state: dict, path) -> Path:
     "Write `state` to `path` atomically (a temporary file in the same folder, then `os.replace`)."
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+    def write(tmp):
+        try: torch.save(state, tmp)
+        except RuntimeError as e:       # torch reports a full disk as an `inline_container.cc` RuntimeError, naming no file
+            raise OSError(f"could not write {path}: {str(e).strip().splitlines()[0][:120]} (is the disk full?)") from None
+    return atomic_write(path, write)
 
 def load_checkpoint(path, map_location='cpu') -> dict:
     "Load a checkpoint safely (`weights_only=True`); a missing or corrupt file gives one clear error."

@@ -14,7 +14,8 @@ from .core import ConfigError, atomic_write
 # %% auto #0
 __all__ = ['TINY_OVERRIDES', 'opt', 'ModelConfig', 'MaskConfig', 'LossConfig', 'OptimConfig', 'DataConfig', 'TrainConfig',
            'EvalConfig', 'LogConfig', 'Config', 'validate', 'from_dict', 'parse_override', 'apply_overrides',
-           'load_config', 'config_to_dict', 'save_config', 'with_overrides', 'configs_dir', 'tiny_config']
+           'load_config', 'config_to_dict', 'changed_settings', 'save_config', 'with_overrides', 'configs_dir',
+           'tiny_config']
 
 # %% ../nbs/00a_config.ipynb #5e626a7f
 def opt(default, doc='', **check):
@@ -330,6 +331,15 @@ def config_to_dict(cfg: Config) -> dict:
         if isinstance(x, (list, tuple)): return [conv(v) for v in x]
         return x
     return conv(asdict(cfg))
+
+def changed_settings(old: dict, new: dict, prefix: str = '') -> dict:
+    "`{dotted key: (old, new)}` for every setting that differs between two config dicts."
+    out = {}
+    for k in sorted(set(old) | set(new)):
+        a, b, key = old.get(k), new.get(k), f'{prefix}{k}'
+        if isinstance(a, dict) and isinstance(b, dict): out.update(changed_settings(a, b, key + '.'))
+        elif a != b: out[key] = (a, b)
+    return out
 
 def save_config(cfg: Config, path) -> Path:
     "Write `cfg` to YAML at `path` atomically; `load_config(path)` gives it back."

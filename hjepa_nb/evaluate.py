@@ -4,13 +4,13 @@
 
 # %% ../nbs/09b_eval.ipynb #35914968
 from __future__ import annotations
-import json, math
+import json, math, tempfile
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from .core import ConfigError, get_device
-from .config import Config, apply_overrides, from_dict, load_config
+from .core import ConfigError, atomic_write, get_device
+from .config import apply_overrides, changed_settings, Config, config_to_dict, from_dict, load_config
 from .data import build_datasets, eval_transform
 from .hjepa import HJEPA
 from .checkpoint import load_checkpoint
@@ -135,14 +135,46 @@ class KNNEval:
         learn.log({'knn_acc': res['knn']['acc']})
 
 # %% ../nbs/09b_eval.ipynb #4a7f059b
+def _check_out(out) -> Path:
+    "`out` as a `Path` when a new `.json` file can be written there; otherwise an error naming it (checked before any work)."
+    p = Path(out)
+    if p.exists() or p.is_symlink():
+        what = 'a folder' if p.is_dir() else 'a file'
+        raise FileExistsError(f"results file {p} already exists ({what}); evaluation writes only a new .json file: choose another name")
+    if p.suffix.lower() != '.json': raise ValueError(f"results file {p}: the name must end in .json")
+    d = p.parent
+    while not d.exists() and d != d.parent: d = d.parent      # the nearest existing folder: the write creates the rest
+    if not d.is_dir(): raise NotADirectoryError(f"results file {p} cannot be created: {d} is not a folder")
+    try: tempfile.TemporaryFile(dir=d).close()               # can a file be created there at all?
+    except OSError as e: raise PermissionError(f"results file {p} cannot be created: {d} is not writable ({e.strerror})") from None
+    return p
+
+def _weights_mismatch(model, sd: dict, n: int = 4) -> str:
+    "The first `n` differences between `model`'s parameters and state dict `sd` (missing, unexpected, other shape); '' when none."
+    mine = model.state_dict()
+    bad = ([f"{k} missing" for k in mine if k not in sd] + [f"{k} unexpected" for k in sd if k not in mine]
+           + [f"{k} {list(sd[k].shape)} vs {list(v.shape)}" for k, v in mine.items() if k in sd and sd[k].shape != v.shape])
+    return ', '.join(bad[:n]) + (f" and {len(bad) - n} more" if len(bad) > n else '')
+
+def _load_weights(model, st: dict, stored: Config, cfg: Config, path):
+    "Load `st['model']` into `model` (built from `cfg`); when it does not fit, name the model settings that differ from `stored`, or the parameters."
+    bad = _weights_mismatch(model, st['model'])
+    if not bad: model.load_state_dict(st['model']); return model
+    diff = [f"{k} ({a!r} -> {b!r})" for k, (a, b) in changed_settings(config_to_dict(stored), config_to_dict(cfg)).items()
+            if k.startswith(('model.', 'loss.'))]                      # the sections HJEPA.from_config builds from
+    if diff: raise ConfigError(f"checkpoint {path} does not fit the model the overrides build: they change {', '.join(diff)}; "
+                               "evaluate with the run's own model settings")
+    raise RuntimeError(f"checkpoint {path}: its weights do not match the model its stored config builds ({bad})")
+
 def evaluate_checkpoint(path, data: str | None = None, overrides=(), linear: bool = False, out=None, quiet: bool = False) -> dict:
-    "Evaluate checkpoint `path` on the run's data (or image folder `data`): kNN and optional linear probe, printed and returned."
+    "Evaluate checkpoint `path` on the run's data (or image folder `data`): kNN and optional linear probe, printed, returned, and written to the new JSON file `out`."
+    if out: out = _check_out(out)                  # before any work: a bad name must not cost the results
     st = load_checkpoint(path)
     d = st['cfg']
     if data is not None: d['data'].update(dataset='folder', root=str(data))
-    cfg = from_dict(d, f' (in {path})')
+    stored = cfg = from_dict(d, f' (in {path})')
     if overrides: cfg = from_dict(apply_overrides(d, overrides), f' (in {path} + command line)')
-    model = HJEPA.from_config(cfg); model.load_state_dict(st['model']); model.eval()
+    model = _load_weights(HJEPA.from_config(cfg), st, stored, cfg, path).eval()
     dev = get_device(cfg.train.device)
     model.to(dev)
     tr, te = eval_datasets(cfg)
@@ -153,6 +185,5 @@ def evaluate_checkpoint(path, data: str | None = None, overrides=(), linear: boo
               + (f", linear {res['linear']['acc']:.2f}%" if linear else '') + f" on {res['n_test']} test images")
         for c, a in res['knn']['per_class'].items():
             print(f"  {c:>12}: kNN {a:6.2f}%" + (f"  linear {res['linear']['per_class'][c]:6.2f}%" if linear else ''))
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True); Path(out).write_text(json.dumps(res, indent=1))
+    if out: atomic_write(_check_out(out), lambda t: t.write_text(json.dumps(res, indent=1)))   # still new?
     return res
