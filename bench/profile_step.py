@@ -13,8 +13,9 @@ and then:
 - counts the step's matmul FLOPs (`torch.utils.flop_counter`) and divides by the step time: model FLOP utilisation
   against the bf16 and fp32 matmul rates measured in the same process (2048^2 matmuls, the step's thread count).
 
-Paths (`--paths`): `fp32` (train.amp=none), `bf16` (train.amp=bf16: autocast, as the kit shipped), `bf16c`
-(bf16 autocast + train.compile=true: inductor fuses the elementwise work; dynamic shapes, since token counts change
+Paths (`--paths`): `fp32` (train.amp=none), `bf16` (train.amp=bf16 with PyTorch's fused attention kernel: the bf16 step
+as the kit shipped it), `bf16m` (bf16 with attention as plain matmuls: what train.attention=auto does on a CPU in bf16),
+`bf16mc` (bf16m + train.compile=true: inductor fuses the elementwise work; dynamic shapes, since token counts change
 from batch to batch), `fp32c` (fp32 + compile).
 """
 import argparse, json, os, platform, statistics, sys, time
@@ -28,7 +29,10 @@ sys.path.insert(0, str(ROOT))
 from hjepa_nb.config import load_config
 from hjepa_nb.train import Learner
 
-PATHS = dict(fp32=['train.amp=none'], bf16=['train.amp=bf16'], bf16c=['train.amp=bf16', 'train.compile=true'],
+PATHS = dict(fp32=['train.amp=none', 'train.attention=fused'],            # the kit's fp32 step
+             bf16=['train.amp=bf16', 'train.attention=fused'],            # bf16 autocast as the kit shipped it (fused attention)
+             bf16m=['train.amp=bf16', 'train.attention=math'],            # + attention as plain matmuls (train.attention=auto on a CPU)
+             bf16mc=['train.amp=bf16', 'train.attention=math', 'train.compile=true'],   # + torch.compile (inductor)
              fp32c=['train.amp=none', 'train.compile=true'])
 MATMUL = ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm', 'aten::_scaled_dot_product_flash_attention_for_cpu',
           'aten::_scaled_dot_product_flash_attention_for_cpu_backward', 'aten::_weight_int8pack_mm', 'mkldnn::_linear_pointwise')
@@ -83,7 +87,7 @@ def profile_steps(learn, batches, k: int = 3) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--configs', nargs='+', default=['cifar10_tiny', 'quick_validation'])
-    ap.add_argument('--paths', nargs='+', default=['fp32', 'bf16', 'bf16c'], choices=list(PATHS))
+    ap.add_argument('--paths', nargs='+', default=['fp32', 'bf16', 'bf16m'], choices=list(PATHS))
     ap.add_argument('--steps', type=int, default=12, help='timed optimizer steps per path (interleaved rounds of 2)')
     ap.add_argument('--warmup', type=int, default=3, help='untimed steps first (compiles, for the compiled paths)')
     ap.add_argument('--batches', type=int, default=6, help='distinct collated batches cycled through')

@@ -9,7 +9,7 @@ from functools import wraps
 from pathlib import Path
 from fastcore.script import Param, anno_parser, store_true
 import os, shutil, subprocess
-from .core import ConfigError, get_device
+from .core import ConfigError, get_device, precision_note
 from .config import load_config
 from .evaluate import evaluate_checkpoint
 from .train import TrainingDiverged
@@ -64,6 +64,8 @@ def train_main(config: str, overrides=(), out: str | None = None, resume: bool =
         _fast_math(prog, cfg.train.cpu_math, cfg.train.device, quiet)
         setup_distributed(cfg)
         learn = make_learner(cfg, quiet=quiet, resume=resume, overwrite=overwrite)
+        learn.setup()
+        if learn.is_main and not quiet: print(f"{prog}: {precision_note(learn.device, learn.amp, cfg.train.amp)}", file=sys.stderr)
         learn.fit()
         if learn.is_main and not quiet:
             last = learn.history[-1] if learn.history else {}

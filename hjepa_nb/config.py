@@ -106,8 +106,11 @@ class TrainConfig:
     time_limit: float = opt(0.0, 'stop (saving last.pt) after this many minutes of training (0: no limit)', lo=0.0, hi=1e7)
     seed: int = opt(0, 'seed for weights, data order and masks', lo=0, hi=2**63 - 1)
     device: str = opt('auto', 'auto, cpu, cuda or cuda:N')
-    amp: str = opt('auto', 'autocast: auto (bf16 on CUDA, fp32 on CPU), bf16, or none', choices=('auto', 'bf16', 'none'))
+    amp: str = opt('auto', 'autocast: auto (bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere), bf16, or none (fp32)',
+                   choices=('auto', 'bf16', 'none'))
     compile: bool = opt(False, 'torch.compile the model')
+    attention: str = opt('auto', 'attention kernels: auto (plain matmuls on a CPU in bf16, PyTorch\'s fused kernel otherwise), fused or math',
+                         choices=('auto', 'fused', 'math'))
     threads: int = opt(0, 'torch CPU threads (0: all cores)', lo=0, hi=4096)
     cpu_math: str = opt('default', "fp32 matmul path: default, or fastmath (hjepa-train restarts with MKL's fast kernels on AMD CPUs: 13a_fastmath)",
                         choices=('default', 'fastmath'))
@@ -360,7 +363,7 @@ TINY_OVERRIDES = ['data.dataset=synthetic', 'data.synthetic_size=256', 'data.bat
                   'model.img_size=32', 'model.patch_size=8', 'model.depth=2', 'model.pred_dim=64', 'model.pred_depth=1',
                   'model.pred_heads=2', 'mask.min_keep=2', 'mask.num_targets=2', 'mask.pred_scale=[0.15,0.3]',
                   'train.max_steps=12', 'train.ckpt_every=4', 'log.every=2', 'log.tensorboard=false', 'log.progress=false',
-                  'log.monitor_every=0', 'optim.warmup_epochs=0.5']
+                  'log.monitor_every=0', 'optim.warmup_epochs=0.5', 'train.amp=none']
 
 def tiny_config(out_dir, *overrides) -> Config:
     "A seconds-long config on the offline sample, for tests and demos in notebooks."
