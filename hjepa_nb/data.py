@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from .core import ConfigError, cache_dir, mix
 from .config import Config, configs_dir
+from .masks import MultiBlockMaskCollator
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SHAPES', 'DataError', 'decode_file', 'ImageDataset', 'synthetic_shapes',

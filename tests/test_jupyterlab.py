@@ -211,10 +211,10 @@ def inner_text(page, css: str) -> str:
     return page.evaluate(f"() => {{ const e = {_js_last(css)}; return e ? e.innerText : ''; }}")
 
 
-def test_masks_notebook_run_all_and_slider(page, lab):
-    "02_masks: Run All without errors, then move the explorer's 'targets' slider with the keyboard: picture and stats change."
+def test_show_notebook_run_all_and_slider(page, lab):
+    "08a_show (where the mask explorer lives): Run All without errors, then move the explorer's 'targets' slider with the keyboard: picture and stats change."
     t0 = time.time()
-    sha = open_notebook(page, lab, '02_masks.ipynb')
+    sha = open_notebook(page, lab, '08a_show.ipynb')
     run_all(page)
     prompts = wait_all_run(page, 180)
     assert_ran_cleanly(page, prompts)
@@ -245,8 +245,8 @@ def test_masks_notebook_run_all_and_slider(page, lab):
     png1 = fig.screenshot(path=str(_out() / 'masks_explorer_after.png'))
     assert png0 != png1, 'the mask figure looks the same after moving the slider'
     assert not error_outputs(page)
-    assert_unsaved('02_masks.ipynb', sha)
-    print(f'02_masks: open + Run All {ran:.1f} s, slider {n0} -> {n1}, total {time.time() - t0:.1f} s')
+    assert_unsaved('08a_show.ipynb', sha)
+    print(f'08a_show: open + Run All {ran:.1f} s, slider {n0} -> {n1}, total {time.time() - t0:.1f} s')
 
 
 def _redraws(status: str) -> int:
