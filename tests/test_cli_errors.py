@@ -146,9 +146,12 @@ def test_train_overrides_after_out(tmp_path, tiny):
     (['{tmp}'], ['is a folder', '{tmp}']),
     ([DEMO, 'train.device=gpu0'], ['train.device', 'gpu0']),
     ([DEMO, 'train.seed=abc'], ['train.seed', 'abc']),
-    ([DEMO, '--out', '{tmp}/run', 'optim.learning_rate=1'], ['optim.learning_rate', "did you mean 'optim.lr'"]),
+    ([DEMO, '--out', '{tmp}/run', 'optim.learning_rate=1'], ['optim.learning_rate', 'configs/demo.yaml', "did you mean 'optim.lr'"]),
+    (['{tmp}/bad_value.yaml', '--out', '{tmp}/run'], ['model.img_size', 'bad_value.yaml']),
+    (['{tmp}/bad_syntax.yaml', '--out', '{tmp}/run'], ['bad_syntax.yaml', 'not valid YAML']),
 ])
 def test_train_bad_config_is_one_line(tmp_path, monkeypatch, capsys, args, needles):
+    (tmp_path / 'bad_value.yaml').write_text('model:\n  img_size: 30\n'); (tmp_path / 'bad_syntax.yaml').write_text('optim: [1, 2\n')
     args = [a.format(tmp=tmp_path) for a in args]
     rc, out, err = _argv(monkeypatch, capsys, hjepa_train, 'hjepa-train', *args, '--quiet')
     _one_line_error('hjepa-train', rc, err, *[n.format(tmp=tmp_path) for n in needles])
