@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from hjepa_nb.core import native_bf16
 from hjepa_nb.config import load_config
 from hjepa_nb.train import Learner
 
@@ -42,11 +43,6 @@ def cpu_name() -> str:
     for line in Path('/proc/cpuinfo').read_text().splitlines():
         if line.startswith('model name'): return line.split(':', 1)[1].strip()
     return platform.processor()
-
-def cpu_flags() -> set:
-    for line in Path('/proc/cpuinfo').read_text().splitlines():
-        if line.startswith('flags'): return set(line.split(':', 1)[1].split())
-    return set()
 
 def matmul_rate(dtype, n: int = 2048, reps: int = 5) -> float:
     "Best GFLOP/s of an n x n matmul in `dtype`."
@@ -95,9 +91,8 @@ def main():
     ap.add_argument('--out', default=str(ROOT / 'bench' / 'results' / 'profile_step'))
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
-    flags = cpu_flags()
     res = dict(command='python bench/profile_step.py ' + ' '.join(sys.argv[1:]), date=time.strftime('%Y-%m-%d %H:%M'),
-               cpu=cpu_name(), native_bf16=sorted(f for f in ('avx512_bf16', 'amx_bf16') if f in flags),
+               cpu=cpu_name(), native_bf16=native_bf16(),
                threads=torch.get_num_threads(), torch=torch.__version__,
                matmul_gflops=dict(fp32=matmul_rate(torch.float32), bf16=matmul_rate(torch.bfloat16)), runs={})
     print(f"{res['cpu']}, {res['threads']} threads; 2048^2 matmul: fp32 {res['matmul_gflops']['fp32']:.0f} GFLOP/s, "

@@ -15,6 +15,19 @@ def cli(prog, *args, timeout=600, env=None, cwd=ROOT):
     return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env={**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {})})
 
+def assert_one_line_error(prog, rc, err, *needles) -> str:
+    "Exit code 2 and a last stderr line `prog: error: ...` holding every needle; no traceback. Returns that line."
+    assert rc == 2, (rc, err[-2000:])
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert lines and lines[-1].startswith(f'{prog}: error:'), err[-2000:]
+    assert 'Traceback' not in err, err[-2000:]
+    for n in needles: assert str(n) in lines[-1], (n, lines[-1])
+    return lines[-1]
+
+def one_line_error(r, *needles, prog='hjepa-train') -> str:
+    "`assert_one_line_error` for a finished console-script process `r`."
+    return assert_one_line_error(prog, r.returncode, r.stderr, *needles)
+
 @pytest.fixture
 def tiny():
     return list(TINY_OVERRIDES)

@@ -2,6 +2,7 @@
 import os, shutil, warnings
 from pathlib import Path
 import pytest, torch
+from conftest import one_line_error as _one_line_error
 from conftest import SHARED_CIFAR, cli
 from hjepa_nb.config import TINY_OVERRIDES, load_config
 from hjepa_nb.data import DataError, build_datasets, decode_file, image_folder
@@ -117,13 +118,6 @@ def test_cache_follows_an_image_edited_in_place(tmp_path, own_cache):
     assert not build_datasets(cfg, verbose=False)[0].source.endswith('(decoded cache)')
 
 # --- the CLI: one line naming the file, exit 2; skip trains ------------------------------------------
-
-def _one_line_error(r, *needles):
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
-    assert lines and lines[-1].startswith('hjepa-train: error:'), r.stderr[-2000:]
-    assert 'Traceback' not in r.stderr, r.stderr[-2000:]
-    for n in needles: assert n in lines[-1], (n, lines[-1])
 
 def _train(root, out, *more, cache):
     tiny = [o for o in TINY_OVERRIDES if not o.startswith(('data.dataset=', 'data.synthetic_size='))]

@@ -2,6 +2,7 @@
 import json, os, signal, subprocess, sys, time, shutil
 from pathlib import Path
 import pytest, torch
+from conftest import one_line_error as _one_line_error
 from conftest import ROOT, SHARED_CIFAR, cli
 from hjepa_nb.checkpoint import read_metrics, load_checkpoint
 
@@ -79,13 +80,6 @@ def test_fastmath_opt_in(tmp_path, tiny):
     for x, y in zip(a, b): assert abs(x['loss'] - y['loss']) <= 1e-3 * abs(y['loss']), (x['loss'], y['loss'])
 
 # --- bad input: one clear line naming the culprit, exit code 2, nothing saved is lost ----------------
-
-def _one_line_error(r, *needles):
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
-    assert lines and lines[-1].startswith('hjepa-train: error:'), r.stderr[-2000:]
-    assert 'Traceback' not in r.stderr, r.stderr[-2000:]
-    for n in needles: assert n in lines[-1], (n, lines[-1])
 
 def test_bad_config_as_typed(tmp_path):
     "One bad setting through the installed console script (the other config errors run in-process: tests/test_cli_errors.py)."

@@ -6,6 +6,7 @@ run the installed scripts as a user would."""
 import json, shutil, sys
 from pathlib import Path
 import pytest, torch
+from conftest import assert_one_line_error as _one_line_error
 from conftest import ROOT, cli
 import hjepa_nb.evaluate as evaluate
 from hjepa_nb.callbacks import make_learner
@@ -14,15 +15,6 @@ from hjepa_nb.cli import hjepa_eval, hjepa_train, train_main
 from hjepa_nb.config import tiny_config
 
 DEMO = str(ROOT / 'configs' / 'demo.yaml')
-
-def _one_line_error(prog, rc, err, *needles):
-    "Exit code 2 and a last stderr line `prog: error: ...` holding every needle; no traceback."
-    assert rc == 2, (rc, err[-2000:])
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert lines and lines[-1].startswith(f'{prog}: error:'), err[-2000:]
-    assert 'Traceback' not in err, err[-2000:]
-    for n in needles: assert str(n) in lines[-1], (n, lines[-1])
-    return lines[-1]
 
 def _run(capsys, f, *args, **kw):
     "Call console-script function `f` in-process: (exit code, stdout, stderr)."
