@@ -60,7 +60,7 @@ def _cached(key: list, compute) -> dict:
 
 def baselines(cfg, rnd, etr, ete) -> dict:
     "Random-init scores (decided by the model settings, seed and sizes) and raw-pixel scores (by the data and sizes), cached."
-    data = [cfg.data.root, cfg.model.img_size, len(etr), len(ete)]
+    data = [cfg.data.root, cfg.model.img_size, len(etr), len(ete), 'probe: warm-started L-BFGS']   # the probe decides the linear score too
     return dict(random_init=_cached([config_to_dict(cfg)['model'], cfg.train.seed, *data], lambda: score(rnd, etr, ete, 'target')),
                 raw_pixels=_cached(['pixels', *data], lambda: score(pixel_features, etr, ete)))
 

@@ -8,9 +8,11 @@ import copy, hashlib, math, os, random, time, warnings
 from pathlib import Path
 from typing import Callable, Sequence
 import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.ops import roi_align
 from .core import ConfigError, cache_dir, mix
 from .config import Config, configs_dir
 from .masks import MultiBlockMaskCollator
@@ -18,8 +20,9 @@ from .masks import MultiBlockMaskCollator
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'SHAPES', 'DataError', 'decode_file', 'ImageDataset', 'synthetic_shapes',
            'SyntheticShapes', 'find_cifar10_folder', 'resolve_root', 'demo_images', 'image_folder', 'folder_splits',
-           'train_transform', 'eval_transform', 'denormalize', 'align_classes', 'build_datasets', 'seed_worker',
-           'build_loader', 'EpochSampler', 'SeededItems', 'SeededMasks', 'loader_throughput']
+           'unread_note', 'TrainAugment', 'train_transform', 'eval_transform', 'denormalize', 'align_classes',
+           'build_datasets', 'seed_worker', 'build_loader', 'EpochSampler', 'SeededItems', 'SeededMasks',
+           'loader_throughput']
 
 # %% ../nbs/08_data.ipynb #10ed0e29
 class DataError(ConfigError):
@@ -45,22 +48,18 @@ def _unreadable(path) -> str | None:
     return 'an empty file (0 bytes)' if st.st_size == 0 else None
 
 def _decode(path) -> tuple[torch.Tensor | None, str | None]:
-    "`(uint8 [3, H, W], None)`, or `(None, why)` when the file cannot be read whole."
+    "`(uint8 [3, H, W], None)`, or `(None, why)` when the file cannot be read whole (PIL; truncated files refused)."
     why = _unreadable(path)
     if why: return None, why
-    from torchvision.io import decode_image, read_file, ImageReadMode
-    try: return decode_image(read_file(str(path)), mode=ImageReadMode.RGB), None
-    except (RuntimeError, ValueError) as e: tv_err = str(e)
-    from PIL import Image, ImageFile, UnidentifiedImageError
     lenient = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
         ImageFile.LOAD_TRUNCATED_IMAGES = False        # a truncated file is an error, not an image with a grey tail
         with Image.open(path) as im: a = np.asarray(im.convert('RGB'))
         return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous(), None
-    except UnidentifiedImageError: why = 'not an image file, or a format neither torchvision nor PIL reads'
+    except UnidentifiedImageError: why = 'not an image file, or a format PIL does not read'
     except Exception as e:
-        why = (f'truncated or incomplete: {os.path.getsize(path)} bytes' if 'truncat' in f'{e} {tv_err}'.lower()
-               or 'incomplete' in tv_err.lower() else f'{type(e).__name__}: {e}'.splitlines()[0][:200])
+        why = (f'truncated or incomplete: {os.path.getsize(path)} bytes' if 'truncat' in str(e).lower() or 'incomplete' in str(e).lower()
+               else f'{type(e).__name__}: {e}'.splitlines()[0][:200])
     finally: ImageFile.LOAD_TRUNCATED_IMAGES = lenient
     return None, why
 
@@ -78,7 +77,7 @@ def _warn_skipped(bad: list, where):
                   f"{shown}{f' and {n - 3} more' if n > 3 else ''}", stacklevel=3)
 
 def decode_file(path) -> torch.Tensor:
-    "Decode one image file to uint8 `[3, H, W]` RGB (torchvision's decoders, PIL as the fallback); `DataError` naming it if unreadable."
+    "Decode one image file to uint8 `[3, H, W]` RGB (PIL); `DataError` naming it if unreadable."
     img, why = _decode(path)
     if img is None: raise DataError(_bad_message([(str(path), why)], Path(path).parent))
     return img
@@ -130,6 +129,16 @@ class ImageDataset(Dataset):
     def __getitem__(self, i):
         img, y = self._item(i)
         return (self.transform(img) if self.transform is not None else img), y
+
+    def batch(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        "Items `idx` at once: `(images [B, ...], labels [B])`; a transform with a `batch` method (`TrainAugment`) runs once for all."
+        if torch.is_tensor(self.images): imgs, ys = self.images[torch.as_tensor(idx)], self.labels[torch.as_tensor(idx)]
+        else:
+            items = [self._item(i) for i in idx]
+            imgs, ys = [x for x, _ in items], torch.tensor([y for _, y in items])
+        if self.transform is None: return (imgs if torch.is_tensor(imgs) else torch.stack(imgs)), ys
+        if hasattr(self.transform, 'batch'): return self.transform.batch(imgs), ys
+        return torch.stack([self.transform(x) for x in imgs]), ys
 
     def with_transform(self, transform: Callable | None) -> 'ImageDataset':
         "The same images (shared, not copied) with another `transform`."
@@ -391,18 +400,70 @@ def folder_splits(root: Path, key: str = 'data.root') -> tuple[Path, Path | None
         return root / 'train', test
     return root, None
 
+# %% ../nbs/08_data.ipynb #11b978d6
+def unread_note(ds, drawn: int) -> str | None:
+    "For a data set decoded per item (`data.cache=false`): one line saying how many of its files a run that drew `drawn` items read, when not all."
+    if ds is None or ds.images is not None or ds.files is None or drawn >= len(ds): return None
+    n = len(ds)
+    return (f"data.cache=false: read at most {drawn} of the {n} training images (each is checked when first read); "
+            f"{n - drawn} were never opened, so a broken one among them would not show until drawn")
+
+
 # %% ../nbs/08_data.ipynb #a60df84a
-def train_transform(cfg: Config):
-    "Training augmentation for `cfg`: uint8 `[3, H, W]` -> float `[3, S, S]`, S = `model.img_size`."
-    from torchvision.transforms import v2
-    d, S = cfg.data, cfg.model.img_size
-    ts = [v2.RandomResizedCrop(S, scale=tuple(d.crop_scale), antialias=True)]
-    if d.flip: ts.append(v2.RandomHorizontalFlip())
-    if d.color_jitter > 0:
-        s = d.color_jitter
-        ts.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s, hue=min(s / 4, 0.5)))
-    ts += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    return v2.Compose(ts)
+class TrainAugment:
+    "RandomResizedCrop (area `scale`, aspect `ratio`) to `size`, optional flip and colour jitter, normalise: one uint8 image or a batch at once."
+    def __init__(self, size: int, scale=(0.3, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = True, jitter: float = 0.0, tries: int = 10):
+        self.size, self.scale, self.ratio, self.flip, self.jitter, self.tries = size, tuple(scale), tuple(ratio), flip, jitter, tries
+        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+
+    def boxes(self, n: int, h: int, w: int) -> torch.Tensor:
+        "`[n, 4]` crop boxes `(x0, y0, x1, y1)` in pixels of an `h` x `w` image, drawn from torch's global generator."
+        area = h * w * torch.empty(n, self.tries).uniform_(*self.scale)
+        r = torch.empty(n, self.tries).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1])).exp()
+        cw, ch = (area * r).sqrt().round(), (area / r).sqrt().round()
+        ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+        k = ok.float().argmax(1, keepdim=True)                     # the first try that fits
+        cw, ch, none = cw.gather(1, k)[:, 0], ch.gather(1, k)[:, 0], ~ok.any(1)
+        a = w / h                                                  # no try fits: centre crop, aspect clamped
+        fw, fh = (min(w, round(h * self.ratio[1])), h) if a >= self.ratio[0] else (w, round(w / self.ratio[0]))
+        cw, ch = torch.where(none, float(fw), cw), torch.where(none, float(fh), ch)
+        x0 = torch.where(none, ((w - cw) / 2).floor(), (torch.rand(n) * (w - cw + 1)).floor().clamp(max=w - cw))
+        y0 = torch.where(none, ((h - ch) / 2).floor(), (torch.rand(n) * (h - ch + 1)).floor().clamp(max=h - ch))
+        return torch.stack([x0, y0, x0 + cw, y0 + ch], 1)
+
+    def _crop(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        "Crop boxes `b` of float images `x [B, 3, H, W]`, resized to `size` x `size`."
+        S, (H, W) = self.size, x.shape[-2:]
+        if (b[:, 2:] - b[:, :2]).max() > S:                        # shrinking: average each pixel's footprint
+            return roi_align(x, torch.cat([torch.arange(len(b), dtype=b.dtype)[:, None], b], 1), S, 1.0, -1, True)
+        t = (torch.arange(S) + 0.5) / S                            # output pixel centres, as a bilinear resize samples
+        gx = (2 * (b[:, :1] + t * (b[:, 2:3] - b[:, :1])) / W) - 1
+        gy = (2 * (b[:, 1:2] + t * (b[:, 3:] - b[:, 1:2])) / H) - 1
+        grid = torch.stack([gx[:, None, :].expand(-1, S, -1), gy[:, :, None].expand(-1, -1, S)], -1)
+        return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
+
+    def batch(self, images) -> torch.Tensor:
+        "uint8 `[B, 3, H, W]` (or a list of `[3, h, w]` of any sizes) -> normalised float `[B, 3, S, S]`."
+        if torch.is_tensor(images): out = self._crop(images.float(), self.boxes(len(images), *images.shape[-2:]))
+        else: out = torch.cat([self._crop(im[None].float(), self.boxes(1, *im.shape[-2:])) for im in images])
+        if self.flip: out = torch.where((torch.rand(len(out)) < 0.5).view(-1, 1, 1, 1), out.flip(-1), out)
+        if self.jitter > 0: out = torch.stack([self._jitter(x / 255) * 255 for x in out])
+        return (out - self.mean) / self.std
+
+    def _jitter(self, x: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import v2
+        s = self.jitter
+        return v2.ColorJitter(brightness=s, contrast=s, saturation=s, hue=min(s / 4, 0.5))(x)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        "One uint8 image `[3, H, W]` -> float `[3, S, S]`."
+        return self.batch(img[None])[0]
+
+def train_transform(cfg: Config) -> TrainAugment:
+    "Training augmentation for `cfg`: uint8 `[3, H, W]` (or a batch) -> float `[3, S, S]`, S = `model.img_size`."
+    d = cfg.data
+    return TrainAugment(cfg.model.img_size, d.crop_scale, flip=d.flip, jitter=d.color_jitter)
 
 def eval_transform(cfg: Config):
     "Evaluation transform: resize (shorter side) and centre-crop to `model.img_size`, normalise."
@@ -416,6 +477,7 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
     m = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
     s = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
     return (x * s + m).clamp(0, 1)
+
 
 # %% ../nbs/08_data.ipynb #d18ca5da
 def align_classes(ds: ImageDataset, classes: Sequence[str], verbose: bool = True) -> ImageDataset:
@@ -531,7 +593,7 @@ class EpochSampler(Sampler):
             for i in perm[g * self.bs:(g + 1) * self.bs].tolist(): yield i, b
 
 class SeededItems(Dataset):
-    "Wrap `ds` so `ds[(i, b)]` draws item `i`'s augmentation from `(seed, b, i)`; returns `(image, label, b)`."
+    "Wrap `ds` so a micro-batch `[(i, b), ...]` is augmented at once from `(seed, b)` (one item alone: from `(seed, b, i)`); items `(image, label, b)`."
     def __init__(self, ds, seed: int = 0): self.ds, self.seed = ds, seed
     def __len__(self): return len(self.ds)
     def __getitem__(self, ib):
@@ -540,6 +602,14 @@ class SeededItems(Dataset):
             torch.manual_seed(mix(self.seed, b, i))
             x, y = self.ds[i]
         return x, y, b
+    def __getitems__(self, ibs: list) -> list:
+        "What the DataLoader calls with a whole micro-batch of `(i, b)` pairs (all of one `b`, as `EpochSampler` gives them)."
+        b = ibs[0][1]
+        if any(bb != b for _, bb in ibs): return [self[ib] for ib in ibs]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix(self.seed, b))
+            xs, ys = self.ds.batch([i for i, _ in ibs])
+        return [(x, y, b) for x, y in zip(xs, ys.tolist())]
 
 class SeededMasks:
     "Collate `(image, label, b)` items into a batch dict whose masks are the collator's batch number `b`."

@@ -51,10 +51,13 @@ def knn_predict(train_f, train_y, test_f, k: int = 20, temperature: float = 0.07
     return torch.cat(out)
 
 def accuracy_report(pred, y, classes=None) -> dict:
-    "Overall and per-class accuracy in percent."
+    "Overall and per-class accuracy in percent; a class with no test image has `None` (strict JSON: no NaN), listed in `absent`."
     classes = classes or [str(c) for c in range(int(y.max()) + 1)]
-    per = {c: float((pred[y == i] == i).float().mean() * 100) if (y == i).any() else float('nan') for i, c in enumerate(classes)}
-    return dict(acc=float((pred == y).float().mean() * 100), per_class=per)
+    per = {c: float((pred[y == i] == i).float().mean() * 100) if (y == i).any() else None for i, c in enumerate(classes)}
+    res = dict(acc=float((pred == y).float().mean() * 100), per_class=per)
+    absent = [c for c, a in per.items() if a is None]
+    if absent: res.update(absent=absent, absent_note='no test image of these classes: their accuracy is null')
+    return res
 
 # %% ../nbs/09b_eval.ipynb #f4942e46
 def whiten(train_f: torch.Tensor, *others, shrink: float = 0.1, rel_eps: float = 1e-6):
@@ -66,10 +69,11 @@ def whiten(train_f: torch.Tensor, *others, shrink: float = 0.1, rel_eps: float =
     W = (V[:, keep] / (e[keep] + shrink * e.mean()).sqrt()).float()
     return [(x - mu) @ W for x in (train_f, *others)]
 
-def _fit_logreg(x, y, num_classes: int, wd: float, max_iter: int, seed: int):
-    "Multinomial logistic regression with L2 penalty `wd`, L-BFGS run to convergence."
+def _fit_logreg(x, y, num_classes: int, wd: float, max_iter: int, seed: int, init: dict | None = None):
+    "Multinomial logistic regression with L2 penalty `wd`, L-BFGS run to convergence from a seeded init or from `init` (a state dict)."
     torch.manual_seed(seed)
     lin = torch.nn.Linear(x.shape[1], num_classes)
+    if init is not None: lin.load_state_dict(init)
     opt = torch.optim.LBFGS(lin.parameters(), lr=1, max_iter=max_iter, history_size=20, line_search_fn='strong_wolfe',
                             tolerance_grad=1e-6, tolerance_change=1e-10)
     def closure():
@@ -79,19 +83,24 @@ def _fit_logreg(x, y, num_classes: int, wd: float, max_iter: int, seed: int):
     opt.step(closure)
     return lin
 
-def linear_probe(train_f, train_y, test_f, num_classes: int | None = None, wds=(1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
-                 max_iter: int = 1000, seed: int = 0) -> torch.Tensor:
-    "Logistic regression on whitened features (L-BFGS to convergence; weight decay picked on a held-out tenth); predicted test labels."
+def linear_probe(train_f, train_y, test_f, num_classes: int | None = None, wds=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5),
+                 max_iter: int = 1000, seed: int = 0, warm: bool = True) -> torch.Tensor:
+    "Logistic regression on whitened features, L-BFGS to convergence, weight decay picked on a held-out tenth; predicted test labels."
     num_classes = num_classes or int(train_y.max()) + 1
     xtr, xte = whiten(train_f.float(), test_f.float())
     perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed))
     nval = max(1, len(xtr) // 10)
     va, tr = perm[:nval], perm[nval:]
-    def val_acc(wd):
-        lin = _fit_logreg(xtr[tr], train_y[tr], num_classes, wd, max_iter, seed)
-        with torch.no_grad(): return (lin(xtr[va]).argmax(1) == train_y[va]).float().mean().item()
-    best = max(wds, key=val_acc)
-    with torch.no_grad(): return _fit_logreg(xtr, train_y, num_classes, best, max_iter, seed)(xte).argmax(1)
+    start, fits = None, {}
+    for wd in wds:                                  # warm: each fit starts where the previous (stronger) one ended
+        lin = _fit_logreg(xtr[tr], train_y[tr], num_classes, wd, max_iter, seed, start)
+        with torch.no_grad(): acc = (lin(xtr[va]).argmax(1) == train_y[va]).float().mean().item()
+        fits[wd] = (acc, {k: v.detach().clone() for k, v in lin.state_dict().items()})
+        if warm: start = fits[wd][1]
+    best = max(wds, key=lambda w: fits[w][0])
+    lin = _fit_logreg(xtr, train_y, num_classes, best, max_iter, seed, fits[best][1] if warm else None)
+    with torch.no_grad(): return lin(xte).argmax(1)
+
 
 # %% ../nbs/09b_eval.ipynb #2a0d4732
 def eval_datasets(cfg: Config, train_ds=None, test_ds=None, train_subset: int = 0, test_subset: int = 0, seed: int = 0):
@@ -183,7 +192,8 @@ def evaluate_checkpoint(path, data: str | None = None, overrides=(), linear: boo
     if not quiet:
         print(f"{path} (step {st['step']}): kNN-{cfg.eval.knn_k} {res['knn']['acc']:.2f}%"
               + (f", linear {res['linear']['acc']:.2f}%" if linear else '') + f" on {res['n_test']} test images")
+        pct = lambda a: '     -' if a is None else f'{a:6.2f}%'             # a class with no test image
         for c, a in res['knn']['per_class'].items():
-            print(f"  {c:>12}: kNN {a:6.2f}%" + (f"  linear {res['linear']['per_class'][c]:6.2f}%" if linear else ''))
-    if out: atomic_write(_check_out(out), lambda t: t.write_text(json.dumps(res, indent=1)))   # still new?
+            print(f"  {c:>12}: kNN {pct(a)}" + (f"  linear {pct(res['linear']['per_class'][c])}" if linear else ''))
+    if out: atomic_write(_check_out(out), lambda t: t.write_text(json.dumps(res, indent=1, allow_nan=False)))   # still new?
     return res
