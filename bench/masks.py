@@ -6,14 +6,11 @@ sampler written after I-JEPA's `MaskCollator`, side by side in one run; also the
 Each figure is the median of `--reps` calls after a warm-up. `threads=1` is what DataLoader workers run
 with (they call torch.set_num_threads(1)); the default thread count is what `num_workers=0` gets.
 """
-import argparse, itertools, json, math, os, platform, statistics, sys, time
+import argparse, itertools, math, statistics
 from multiprocessing import Value
-from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import common as C
 from hjepa_nb.masks import MultiBlockMaskCollator  # noqa: E402
 from hjepa_nb.show import mask_explorer  # noqa: E402
 
@@ -76,12 +73,7 @@ class LoopMaskCollator:
         return enc, pred
 
 
-def median_ms(f, reps, warmup=3):
-    for _ in range(warmup): f()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
-    return 1000 * statistics.median(ts)
+def median_ms(f, reps, warmup=3): return 1000 * statistics.median(C.timings(f, reps, warmup))
 
 
 def main():
@@ -89,8 +81,9 @@ def main():
     ap.add_argument('--batch', type=int, default=256)
     ap.add_argument('--reps', type=int, default=30)
     ap.add_argument('--loop-reps', type=int, default=5)
-    ap.add_argument('--out', default=str(ROOT / 'bench/results/masks.json'))
+    ap.add_argument('--out', default=str(C.RESULTS / 'masks.json'))
     a = ap.parse_args()
+    res = C.header('masks.py')
     B, default_threads = a.batch, torch.get_num_threads()
     rows = []
     for threads in (1, default_threads) if default_threads > 1 else (1,):
@@ -122,15 +115,9 @@ def main():
     def redraw(): w.sliders['seed'].value = next(seeds)
     explorer_ms = median_ms(redraw, 10, warmup=2)
     print(f"mask_explorer redraw (4 images, 200-draw statistics, PNG): {explorer_ms:.0f} ms")
-    out = dict(command=' '.join(['python', 'bench/masks.py'] + sys.argv[1:]), date=time.strftime('%Y-%m-%d %H:%M:%S'),
-               torch=torch.__version__, python=platform.python_version(), cpu=platform.processor() or platform.machine(),
-               cpu_count=os.cpu_count(), load_avg=[round(x, 2) for x in os.getloadavg()], results=rows,
-               explorer_redraw_ms=round(explorer_ms, 1),
+    res.update(results=rows, explorer_redraw_ms=round(explorer_ms, 1),
                note='median ms per call; masks = sample_masks(B, step); collate = full collate_fn call incl. stacking images')
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=1) + '\n')
-    print('wrote', a.out)
-
+    C.write_results(res, a.out)
 
 if __name__ == '__main__':
     main()
