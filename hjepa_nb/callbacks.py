@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
-from .core import ConfigError, atomic_write
-from .config import Config, changed_settings, config_to_dict, save_config
+from .base import ConfigError, atomic_write, existing_run, in_use, run_files
+from .config import Config, changed_settings, config_to_dict, drop_removed, save_config
 from .schedules import Schedules
 from .monitor import CollapseMonitor
 from .checkpoint import load_checkpoint, read_metrics, save_checkpoint
@@ -18,8 +18,8 @@ from .evaluate import KNNEval
 from .train import Callback, Learner, TrainingDiverged
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'RESUME_MAY_CHANGE', 'ScheduleCB', 'NonFiniteGuard', 'TimeLimitCB', 'SignalCB', 'MetricsCB', 'ProgressCB',
-           'RunFolder', 'CheckpointCB', 'callbacks_from_config', 'make_learner']
+__all__ = ['RESUME_MAY_CHANGE', 'ScheduleCB', 'NonFiniteGuard', 'TimeLimitCB', 'SignalCB', 'strict_json', 'MetricsCB',
+           'ProgressCB', 'RunFolder', 'CheckpointCB', 'callbacks_from_config', 'make_learner']
 
 # %% ../nbs/10a_callbacks.ipynb #cc5ce8a3
 class ScheduleCB(Callback):
@@ -74,6 +74,10 @@ def _tensorboard(run_dir: Path, purge_step):
         warnings.warn('tensorboard is not installed: logging to metrics.jsonl only'); return None
     return SummaryWriter(str(run_dir / 'tb'), purge_step=purge_step)
 
+def strict_json(row: dict) -> str:
+    "One metrics row as strict JSON: a value that is not finite (a NaN rank of a degenerate batch, say) becomes `null`."
+    return json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in row.items()}, allow_nan=False)
+
 class MetricsCB(Callback):
     "Average the loss over `log.every` steps into a row: `learn.history`, `metrics.jsonl`, TensorBoard."
     order = 70
@@ -104,7 +108,7 @@ class MetricsCB(Callback):
                    global_batch=learn.cfg.data.batch_size * learn.cfg.optim.accum_steps * learn.world, **learn.pending)
         learn.pending, self.t, self.imgs, self.n, self.sums = {}, now, 0, 0, None
         learn.history.append(row)
-        if self.f: self.f.write(json.dumps(row) + '\n'); self.f.flush()
+        if self.f: self.f.write(strict_json(row) + '\n'); self.f.flush()
         for k, v in row.items():
             if self.tb and k not in ('step', 'epoch') and math.isfinite(v):
                 self.tb.add_scalar(k.replace('_', '/', 1) if k.startswith('loss_') else k, v, row['step'])
@@ -131,7 +135,6 @@ class ProgressCB(Callback):
         if self.bar is not None: self.bar.close()
 
 # %% ../nbs/10a_callbacks.ipynb #b6494fcd
-RUN_FILES = ('last.pt', 'metrics.jsonl', 'config.yaml', 'resumes.jsonl', 'tb', 'best_step*.pt')
 RESUME_MAY_CHANGE = ('train.epochs', 'train.max_steps', 'train.time_limit', 'log.', 'eval.every',  # extend or observe
                      'train.out_dir', 'train.device', 'train.threads', 'train.cpu_math', 'data.num_workers')  # how, not what
 
@@ -141,7 +144,7 @@ def _lock(d: Path):
     try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0); holder = f.read().strip() or 'another process'; f.close()
-        raise FileExistsError(f"{d} is in use by another run ({holder}); wait for it to end or choose another folder with --out") from None
+        raise in_use(d, holder) from None
     f.seek(0); f.truncate(); f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"); f.flush()
     return f
 
@@ -161,17 +164,15 @@ class RunFolder(Callback):
             if isinstance(e, FileExistsError): raise
             raise PermissionError(f"output folder {d} is not writable ({e.strerror})") from None
         for t in d.glob('.*.tmp'): t.unlink(missing_ok=True)         # left by a save that was killed
-        found = sorted({p.name for pat in RUN_FILES for p in d.glob(pat)})
+        found = run_files(d)
         if not found or learn.resume: return
-        if not self.overwrite:
-            raise FileExistsError(f"{d} already holds a run ({', '.join(found)}); resume it with --resume, "
-                                  f"choose another folder with --out, or replace it with --overwrite")
+        if not self.overwrite: raise existing_run(d, found)
         for name in found: shutil.rmtree(d / name) if (d / name).is_dir() else (d / name).unlink()
     def resume(self, learn, d: Path):
         last = d / 'last.pt'
         if not last.exists(): raise FileNotFoundError(f"--resume: {d} holds no run to resume (no last.pt)")
         st = load_checkpoint(last)
-        diff = changed_settings(st['cfg'], config_to_dict(learn.cfg))
+        diff = changed_settings(drop_removed(st['cfg']), config_to_dict(learn.cfg))   # without settings removed since
         bad = {k: v for k, v in diff.items() if not k.startswith(RESUME_MAY_CHANGE)}
         if bad:
             raise ConfigError(f"{last} was trained with different settings: " + ', '.join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in bad.items())
@@ -221,6 +222,6 @@ def callbacks_from_config(cfg: Config, quiet: bool = False, overwrite: bool = Fa
     return cbs
 
 def make_learner(cfg: Config, cbs=(), quiet: bool = False, overwrite: bool = False, **kw) -> Learner:
-    "A `Learner` with the config's callbacks and `cbs`; `kw`: `model`, `datasets`, `out_dir`, `resume`."
+    "A `Learner` with the config's callbacks and `cbs` (`quiet`: no progress bar, and the data sets load without a word); `kw`: `model`, `datasets`, `out_dir`, `resume`."
     mine = {type(c) for c in cbs}
-    return Learner(cfg, [c for c in callbacks_from_config(cfg, quiet, overwrite) if type(c) not in mine] + list(cbs), **kw)
+    return Learner(cfg, [c for c in callbacks_from_config(cfg, quiet, overwrite) if type(c) not in mine] + list(cbs), quiet=quiet, **kw)

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field, fields, asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 import yaml
-from .core import ConfigError, atomic_write
+from .base import ConfigError, atomic_write
 
 # %% auto #0
-__all__ = ['TINY_OVERRIDES', 'opt', 'ModelConfig', 'MaskConfig', 'LossConfig', 'OptimConfig', 'DataConfig', 'TrainConfig',
-           'EvalConfig', 'LogConfig', 'Config', 'validate', 'from_dict', 'parse_override', 'apply_overrides',
-           'load_config', 'config_to_dict', 'changed_settings', 'save_config', 'with_overrides', 'configs_dir',
-           'tiny_config']
+__all__ = ['REMOVED', 'TINY_OVERRIDES', 'opt', 'ModelConfig', 'MaskConfig', 'LossConfig', 'OptimConfig', 'DataConfig',
+           'TrainConfig', 'EvalConfig', 'LogConfig', 'Config', 'validate', 'drop_removed', 'from_dict',
+           'parse_override', 'apply_overrides', 'check_overrides', 'load_config', 'config_to_dict', 'changed_settings',
+           'save_config', 'with_overrides', 'configs_dir', 'tiny_config']
 
 # %% ../nbs/00a_config.ipynb #5e626a7f
 def opt(default, doc='', **check):
@@ -127,7 +127,6 @@ class EvalConfig:
     knn_temperature: float = opt(0.07, 'temperature of kNN vote weights', lo=0.0, hi=1e3, lo_open=True)
     train_subset: int = opt(5000, 'training images used as the kNN bank during training (0: all)', lo=0, hi=10**9)
     test_subset: int = opt(1000, 'test images scored during training (0: all)', lo=0, hi=10**9)
-    linear_epochs: int = opt(100, 'linear-probe epochs', lo=1, hi=100_000)
     encoder: str = opt('target', 'the encoder that `embed` (kNN, linear probe, export) uses: target (EMA) or context',
                        choices=('target', 'context'))
 
@@ -268,6 +267,20 @@ def validate(cfg: Config, where: str = '') -> Config:
 _SYNONYMS = dict(learning_rate='lr', wd='weight_decay', bs='batch_size', momentum='ema', n_targets='num_targets',
                  grad_clip='clip_grad', accumulation='accum_steps', depth='pred_depth', arch='encoder', model='encoder')
 
+REMOVED = {'eval.linear_epochs': 'it was never used'}    # settings that were removed: {dotted key: why}
+
+def _removed(key: str, where: str = '') -> ConfigError:
+    return ConfigError(f"{key} was removed ({REMOVED[key]}); delete it from the config{where}")
+
+def drop_removed(d: dict, where: str = '', strict: bool = False) -> dict:
+    "`d` without the `REMOVED` settings (the stored configs of old checkpoints carry them); with `strict`, one is an error."
+    for key in REMOVED:
+        sec, name = key.split('.')
+        if not (isinstance(d, dict) and isinstance(d.get(sec), dict) and name in d[sec]): continue
+        if strict: raise _removed(key, where)
+        d = {**d, sec: {k: v for k, v in d[sec].items() if k != name}}
+    return d
+
 def _build(cls, d, prefix, where):
     if d is None: d = {}
     if not isinstance(d, dict):
@@ -287,7 +300,7 @@ def _build(cls, d, prefix, where):
 
 def from_dict(d: dict, where: str = '') -> Config:
     "Build and validate a `Config` from nested dicts (`where` names the source in errors)."
-    return validate(_build(Config, d, '', where), where)
+    return validate(_build(Config, drop_removed(d), '', where), where)
 
 def parse_override(o: str, where=' (command line)') -> tuple[str, Any]:
     "`'optim.lr=1e-4'` -> `('optim.lr', 0.0001)`: the value is read as YAML."
@@ -307,7 +320,16 @@ def _set_dotted(d: dict, key: str, value):
 
 def apply_overrides(d: dict, overrides=()) -> dict:
     "Set each dotted `key=value` of `overrides` in the nested dict `d` (in place) and return `d`."
-    for o in overrides: _set_dotted(d, *parse_override(o))
+    for o in overrides:
+        k, v = parse_override(o)
+        if k in REMOVED: raise _removed(k, ' (command line)')
+        _set_dotted(d, k, v)
+    return d
+
+def check_overrides(overrides=()) -> dict:
+    "Check dotted `overrides` on their own (known keys, values of the right type) and return them as a nested dict; the rules between settings wait for the whole config."
+    d = apply_overrides({}, overrides)
+    _build(Config, d, '', ' (command line)')
     return d
 
 def load_config(path=None, overrides=(), ) -> Config:
@@ -323,6 +345,7 @@ def load_config(path=None, overrides=(), ) -> Config:
         except yaml.YAMLError as e: raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
         except (UnicodeDecodeError, OSError) as e: raise ConfigError(f"{path}: not a readable YAML text file ({type(e).__name__})") from None
         if not isinstance(d, dict): raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        drop_removed(d, where, strict=True)
     apply_overrides(d, overrides)
     if overrides: where = where[:-1] + ' + command line)' if where else ' (command line)'
     return from_dict(d, where)

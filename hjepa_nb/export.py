@@ -11,17 +11,16 @@ import timm
 from timm.models import split_model_name_tag
 from timm.models.vision_transformer import VisionTransformer
 from safetensors.torch import save_file
-from fastcore.script import call_parse, Param, store_true
 from . import __version__
 from .config import Config, from_dict, config_to_dict
 from .models import Encoder
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .checkpoint import load_checkpoint, read_metrics
-from .cli import fail, USER_ERRORS
+from .cli import ENCODERS, check_encoder, check_export_out   # the checks hjepa-export makes before loading torch
 
 # %% auto #0
-__all__ = ['ENCODERS', 'timm_args', 'to_timm', 'checkpoint_encoder', 'images_seen', 'timm_config', 'export_encoder',
-           'load_encoder', 'export_cli']
+__all__ = ['timm_args', 'to_timm', 'checkpoint_encoder', 'images_seen', 'checkpoint_images_seen', 'timm_config', 'export_encoder',
+           'load_encoder']
 
 # %% ../nbs/16_export.ipynb #62a1fc90
 def timm_args(cfg: Config) -> dict:
@@ -56,16 +55,11 @@ def to_timm(enc: Encoder, # the kit's encoder (context or target)
     return vit
 
 # %% ../nbs/16_export.ipynb #a70adbdb
-ENCODERS = ('target', 'context')
-
-def _check_encoder(encoder: str):
-    if encoder not in ENCODERS: raise ValueError(f"encoder: expected target or context, got {encoder!r}")
-
 def checkpoint_encoder(path,                     # a checkpoint written by the kit's Learner (last.pt, best_*.pt)
                        encoder: str | None = None, # 'target' or 'context' (None: the run's eval.encoder)
                       ) -> tuple[Encoder, Config, dict]:
     "The kit's `encoder` of checkpoint `path` in eval mode, with the run's config and the checkpoint dict."
-    if encoder is not None: _check_encoder(encoder)
+    check_encoder(encoder)
     if Path(path).is_dir(): raise ValueError(f"{path} is a folder; expected a checkpoint file such as {Path(path)/'last.pt'}")
     st = load_checkpoint(path)
     if not isinstance(st.get('cfg'), dict):
@@ -86,7 +80,7 @@ def checkpoint_encoder(path,                     # a checkpoint written by the k
 
 # %% ../nbs/16_export.ipynb #d2a25c97
 def images_seen(path, step: int) -> int | None:
-    "Images the run had trained on at `step`, from `metrics.jsonl` beside checkpoint `path` (None when unknown)."
+    "Images the run had trained on at `step`, from `metrics.jsonl` beside checkpoint `path` (None when unknown): for old checkpoints."
     try: rows = [r for r in read_metrics(Path(path).parent) if 'global_batch' in r and r['step'] <= step]
     except (OSError, ValueError, KeyError): return None
     if not rows: return None
@@ -94,6 +88,10 @@ def images_seen(path, step: int) -> int | None:
     for r in rows:
         if r['step'] > prev: n, prev = n + (r['step'] - prev) * r['global_batch'], r['step']
     return int(n + (step - prev) * rows[-1]['global_batch'])
+
+def checkpoint_images_seen(path, st: dict) -> int | None:
+    "Images the run had trained on when it wrote checkpoint `path` (its dict `st`): stored in it, or for an older checkpoint from `metrics.jsonl`."
+    return int(st['images_seen']) if 'images_seen' in st else images_seen(path, int(st['step']))
 
 def timm_config(vit: VisionTransformer, cfg: Config, **provenance) -> dict:
     "The `config.json` of an export: what timm's `local-dir:` loader reads, plus `provenance` under `hjepa`."
@@ -111,25 +109,18 @@ def _atomic(path: Path, write):
     try: write(tmp); os.replace(tmp, path)
     finally: tmp.unlink(missing_ok=True)
 
-def _check_out(out: Path, overwrite: bool):
-    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"out: {out} is a file, expected a folder")
-    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if held and not overwrite:
-        shown = ', '.join(held[:3]) + (', ...' if len(held) > 3 else '')
-        raise FileExistsError(f"out: {out} is not empty ({shown}); choose an empty folder or overwrite (--overwrite)")
-
 def export_encoder(checkpoint,                  # a checkpoint written by the kit's Learner
                    out,                         # folder for model.safetensors and config.json
                    encoder: str | None = None,  # 'target' or 'context' (None: the run's eval.encoder)
                    overwrite: bool = False,     # write into a folder that is not empty
                   ) -> Path:
     "Write `checkpoint`'s encoder to `out` as a timm model folder; returns `out`."
-    if encoder is not None: _check_encoder(encoder)
-    out = Path(out); _check_out(out, overwrite)
+    check_encoder(encoder)
+    out = Path(out); check_export_out(out, overwrite)
     enc, cfg, st = checkpoint_encoder(checkpoint, encoder)
     vit = to_timm(enc, cfg)
     conf = timm_config(vit, cfg, encoder=encoder or getattr(cfg.eval, 'encoder', 'target'), checkpoint=str(checkpoint),
-                       step=int(st['step']), images_seen=images_seen(checkpoint, int(st['step'])), config=config_to_dict(cfg))
+                       step=int(st['step']), images_seen=checkpoint_images_seen(checkpoint, st), config=config_to_dict(cfg))
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in vit.state_dict().items()}
     _atomic(out/'model.safetensors', lambda p: save_file(tensors, str(p), metadata={'format': 'pt'}))
@@ -141,7 +132,7 @@ def load_encoder(path,                      # a checkpoint (.pt) written by the 
                  encoder: str | None = None, # 'target' or 'context' (None: the run's eval.encoder / the folder's)
                 ) -> VisionTransformer:
     "A timm ViT in eval mode with `num_classes=0`: `model(images)` gives the kit's pooled features `[B, D]`."
-    if encoder is not None: _check_encoder(encoder)
+    check_encoder(encoder)
     path = Path(path)
     if not path.is_dir(): return to_timm(*checkpoint_encoder(path, encoder)[:2])
     if not (path/'config.json').is_file(): raise FileNotFoundError(f"{path} is not an exported encoder folder (no config.json)")
@@ -149,19 +140,3 @@ def load_encoder(path,                      # a checkpoint (.pt) written by the 
     if encoder and held and encoder != held:
         raise ValueError(f"{path} holds the {held} encoder, not the {encoder} one; export that with --encoder {encoder}")
     return timm.create_model(f'local-dir:{path}', pretrained=True, num_classes=0).eval()
-
-# %% ../nbs/16_export.ipynb #7b40f9d7
-@call_parse
-def export_cli(checkpoint: Param("checkpoint file written by hjepa-train (last.pt or best_*.pt)", str),
-               out: Param("folder to write model.safetensors and config.json to", str) = None,
-               encoder: Param("target (EMA) or context (default: the run's eval.encoder, target unless set)", str) = None,
-               overwrite: Param("write into a folder that is not empty (replacing an earlier export)", store_true) = False):
-    "Export a checkpoint's encoder for timm: `timm.create_model('local-dir:OUT', pretrained=True, num_classes=0)`."
-    prog = 'hjepa-export'
-    try:
-        if not out: raise ValueError("--out DIR is required: the folder to write model.safetensors and config.json to")
-        p = export_encoder(checkpoint, out, encoder, overwrite)
-        h = json.loads((p/'config.json').read_text())['hjepa']
-        print(f"{p}: {h['encoder']} encoder of {checkpoint} (step {h['step']}); "
-              f"load with timm.create_model('local-dir:{p}', pretrained=True, num_classes=0)")
-    except USER_ERRORS as e: fail(prog, e)

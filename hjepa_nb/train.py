@@ -21,7 +21,7 @@ from .schedules import optimizer_steps
 from .hjepa import HJEPA
 
 # %% auto #0
-__all__ = ['Callback', 'CancelFitException', 'CancelEpochException', 'TrainingDiverged', 'param_groups', 'Learner']
+__all__ = ['DATA_ATTRS', 'Callback', 'CancelFitException', 'CancelEpochException', 'TrainingDiverged', 'param_groups', 'Learner']
 
 # %% ../nbs/10_train.ipynb #d428f16a
 class Callback:
@@ -41,13 +41,16 @@ def param_groups(model: nn.Module) -> list[dict]:
     return [dict(params=decay, apply_wd=True), dict(params=no_decay, weight_decay=0.0, apply_wd=False)]
 
 # %% ../nbs/10_train.ipynb #603c6999
+DATA_ATTRS = ('train_ds', 'test_ds', 'sampler', 'dl', 'mb_per_epoch', 'steps_per_epoch', 'total_steps')
+
 class Learner:
     "Train an `HJEPA` from a `Config`; callbacks `cbs` do everything besides the step."
-    def __init__(self, cfg: Config, cbs=(), model: HJEPA | None = None, datasets=None, out_dir=None, resume: bool = False):
-        self.cfg, self.model, self.datasets, self.resume = cfg, model, datasets, resume
+    def __init__(self, cfg: Config, cbs=(), model: HJEPA | None = None, datasets=None, out_dir=None, resume: bool = False,
+                 quiet: bool = False):   # quiet: the data sets say nothing as they load
+        self.cfg, self.model, self.datasets, self.resume, self.quiet = cfg, model, datasets, resume, quiet
         self.out_dir = Path(out_dir or cfg.train.out_dir)
         self.cbs = sorted(cbs, key=lambda c: getattr(c, 'order', 0))
-        self.step, self.mb, self.epoch, self.history, self.pending = 0, 0, 0, [], {}
+        self.step, self.mb, self.epoch, self.images_seen, self.history, self.pending = 0, 0, 0, 0, [], {}
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         self.is_main, self.interrupt, self.error, self.ready = self.rank == 0, None, None, False
 
@@ -61,20 +64,13 @@ class Learner:
         self.pending.update({k: float(v) for k, v in d.items()})
 
     def setup(self):
-        "Device, seeds, model, data, optimizer (and DDP under torchrun); runs once, at the first `fit` or `one_step`."
+        "Device, seeds, model, optimizer (and DDP under torchrun); runs once, at the first `fit` or `one_step`. No data: `setup_data`."
         cfg = self.cfg
         if cfg.train.threads: torch.set_num_threads(cfg.train.threads)
         self.device = get_device(cfg.train.device)
         seed_everything(cfg.train.seed)
         self.amp = autocast_dtype(self.device, cfg.train.amp)
         self.model = (self.model or HJEPA.from_config(cfg)).to(self.device).train()
-        self.train_ds, self.test_ds = self.datasets or build_datasets(cfg)
-        # rank 0 for every process: the micro-batch number already differs between ranks, so the masks do too
-        masks = SeededMasks(MultiBlockMaskCollator.from_config(cfg, rank=0))
-        self.sampler = EpochSampler(len(self.train_ds), cfg.data.batch_size, cfg.train.seed, self.rank, self.world)
-        self.dl = build_loader(cfg, SeededItems(self.train_ds, cfg.train.seed), collate_fn=masks, sampler=self.sampler)
-        self.mb_per_epoch = self.sampler.batches
-        self.steps_per_epoch, self.total_steps = optimizer_steps(cfg, self.mb_per_epoch)
         o = cfg.optim
         self.opt = torch.optim.AdamW(param_groups(self.model), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                      weight_decay=o.weight_decay, fused=self.device.type in ('cpu', 'cuda'))
@@ -84,6 +80,24 @@ class Learner:
         # torch.compile with dynamic shapes: context and target lengths change from batch to batch
         self.fwd = torch.compile(self.ddp or self.model, dynamic=True) if cfg.train.compile else (self.ddp or self.model)
         self.ready = True
+
+    def setup_data(self):
+        "The data sets, their seeded order and masks, the loader and the step counts (`DATA_ATTRS`); built once, when first needed."
+        cfg = self.cfg
+        self.train_ds, self.test_ds = self.datasets or build_datasets(cfg, verbose=not self.quiet)
+        # rank 0 for every process: the micro-batch number already differs between ranks, so the masks do too
+        masks = SeededMasks(MultiBlockMaskCollator.from_config(cfg, rank=0))
+        self.sampler = EpochSampler(len(self.train_ds), cfg.data.batch_size, cfg.train.seed, self.rank, self.world)
+        self.dl = build_loader(cfg, SeededItems(self.train_ds, cfg.train.seed), collate_fn=masks, sampler=self.sampler)
+        self.mb_per_epoch = self.sampler.batches
+        self.steps_per_epoch, self.total_steps = optimizer_steps(cfg, self.mb_per_epoch)
+
+    def __getattr__(self, name: str):
+        "A data attribute (`learn.dl`, `learn.total_steps`, ...) that is not built yet is built now (`setup_data`)."
+        if name in DATA_ATTRS and 'cfg' in self.__dict__:
+            self.setup_data()
+            return self.__dict__[name]
+        raise AttributeError(f"'Learner' object has no attribute {name!r}")
 
 # %% ../nbs/10_train.ipynb #5caa01c6
 @patch
@@ -108,7 +122,7 @@ def one_step(self: Learner, micro: list[dict]) -> torch.Tensor:
     self.callback('before_step')
     with record_function('optimizer'): self.opt.step(); self.opt.zero_grad(set_to_none=True)
     with record_function('ema'): self.model.update_target(self.momentum)
-    self.step += 1; self.mb += n
+    self.step += 1; self.mb += n; self.images_seen += self.world * sum(len(b['images']) for b in micro)
     self.callback('after_step')
     return self.loss
 
@@ -133,6 +147,7 @@ def _one_epoch(self: Learner):
 def fit(self: Learner, stop_after: int | None = None) -> list[dict]:
     "Train to the run's last step (or to step `stop_after`); returns the logged metric rows."
     if not self.ready: self.setup()
+    if 'dl' not in self.__dict__: self.setup_data()
     self.stop_at = min(stop_after or self.total_steps, self.total_steps)
     try:
         self.callback('before_fit')
@@ -147,13 +162,15 @@ def fit(self: Learner, stop_after: int | None = None) -> list[dict]:
 
 @patch
 def state_dict(self: Learner) -> dict:
-    "What exact resume needs: model, optimizer, counters, config and the torch RNG."
+    "What exact resume needs: model, optimizer, counters (and the images seen), config and the torch RNG."
     return dict(model=self.model.state_dict(), opt=self.opt.state_dict(), step=self.step, epoch=self.epoch, mb=self.mb,
-                cfg=config_to_dict(self.cfg), torch_rng=torch.get_rng_state())
+                images_seen=self.images_seen, cfg=config_to_dict(self.cfg), torch_rng=torch.get_rng_state())
 
 @patch
 def load_state_dict(self: Learner, st: dict):
     "Restore what `state_dict` saved."
     self.model.load_state_dict(st['model']); self.opt.load_state_dict(st['opt'])
     self.step, self.epoch, self.mb = st['step'], st['epoch'], st['mb']
+    # checkpoints from before images_seen was stored: every micro-batch was a full one on each process
+    self.images_seen = int(st.get('images_seen', st['mb'] * self.cfg.data.batch_size * self.world))
     torch.set_rng_state(st['torch_rng'])

@@ -137,3 +137,30 @@ def test_cli_bad_image_lazy_in_a_worker(bad_root, tmp_path, own_cache):
     (root / 'train' / 'cat' / 'cut.jpg').unlink()
     r = _train(root, tmp_path / 'o', 'data.cache=false', 'data.num_workers=1', 'data.batch_size=13', cache=own_cache)
     _one_line_error(r, str(junk), 'data.bad_images=skip', 'DataLoader worker')
+
+# --- issue #25.8: a truncated image with lazy reading is never used silently ------------------------
+
+def _pngs_with_truncated(root: Path):
+    "train/ of 20 small PNGs (2 classes) plus one cut to its first 300 bytes; test/ of 4 PNGs; returns the cut file."
+    import io
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    for split, n in (('train', 21), ('test', 4)):
+        for i in range(n):
+            d = root / split / ('a' if i % 2 else 'b'); d.mkdir(parents=True, exist_ok=True)
+            buf = io.BytesIO()
+            Image.fromarray(torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8).numpy()).save(buf, 'PNG')
+            data = buf.getvalue()
+            (d / f'{i}.png').write_bytes(data[:300] if (split, i) == ('train', 20) else data)
+    return root / 'train' / 'b' / '20.png'
+
+def test_lazy_truncated_png_is_named_or_counted(tmp_path):
+    "Lazily read (data.cache=false), the cut PNG is never decoded partially: drawn, it stops the run naming it; not drawn, the end says how many files were never opened."
+    cut = _pngs_with_truncated(tmp_path / 'data')
+    base = ['data.dataset=folder', f'data.root={tmp_path / "data"}', 'data.cache=false', 'data.num_workers=0', 'eval.every=0',
+            'log.tensorboard=false', 'log.monitor_every=0', 'model.depth=1', 'model.pred_depth=1', 'train.max_steps=2']
+    r = cli('hjepa-train', 'configs/demo.yaml', *base, 'data.batch_size=4', '--out', tmp_path / 'run1', '--quiet')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'read at most 8 of the 21 training images' in r.stderr and '13 were never opened' in r.stderr, r.stderr[-2000:]
+    r = cli('hjepa-train', 'configs/demo.yaml', *base, 'data.batch_size=21', 'train.max_steps=1', '--out', tmp_path / 'run2', '--quiet')
+    _one_line_error(r, str(cut), 'truncated or incomplete: 300 bytes')

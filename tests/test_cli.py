@@ -1,21 +1,60 @@
 "End-to-end tests of `hjepa-train` as a user runs it: the demo config, real CIFAR-10, kill -9 and resume, bad input."
-import json, os, signal, subprocess, sys, time, shutil
+import json, os, re, signal, subprocess, sys, time, shutil
 from pathlib import Path
 import pytest, torch
 from conftest import one_line_error as _one_line_error
 from conftest import ROOT, SHARED_CIFAR, cli
 from hjepa_nb.checkpoint import read_metrics, load_checkpoint
 
+def _readme_quick_start() -> list[str]:
+    "The commands of the first shell block of README.md (comments dropped)."
+    block = (ROOT / 'README.md').read_text().split('```sh\n', 1)[1].split('```', 1)[0]
+    return [l.split('#')[0].strip() for l in block.splitlines() if l.split('#')[0].strip()]
+
 def test_demo_config_end_to_end(tmp_path):
-    "The README's main command, as written, on the offline sample."
-    r = cli('hjepa-train', 'configs/demo.yaml', '--out', tmp_path / 'demo', '--quiet')
+    "The README's quick start as a newcomer meets it: `hjepa-train configs/demo.yaml` as written, in a fresh folder."
+    assert _readme_quick_start() == ['pip install -e ".[dev]"', 'hjepa-train configs/demo.yaml'], _readme_quick_start()
+    shutil.copytree(ROOT / 'configs', tmp_path / 'configs')
+    r = cli('hjepa-train', *_readme_quick_start()[1].split()[1:], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = read_metrics(tmp_path / 'demo')
+    assert re.search(r'train: +\d+%.*\[\d+:\d\d<\d+:\d\d', r.stderr), r.stderr[-2000:]     # a progress bar with its ETA
+    tail = r.stdout.strip().splitlines()[-5:]
+    assert tail[0].startswith('done: ') and tail[0].endswith('; run folder runs/demo') and tail[1] == 'next:', tail
+    cmds = [l.split('#')[0].strip() for l in tail[2:]]
+    assert cmds == ['hjepa-eval runs/demo/last.pt', 'hjepa-export runs/demo/last.pt --out runs/demo/export',
+                    'jupyter lab nbs/11_live.ipynb'], tail
+    assert "watch_run('runs/demo')" in tail[-1], tail
+    run = tmp_path / 'runs' / 'demo'
+    rows = read_metrics(run)
     assert rows and all(torch.isfinite(torch.tensor(x['loss'])) for x in rows)
-    st = load_checkpoint(tmp_path / 'demo' / 'last.pt')
+    st = load_checkpoint(run / 'last.pt')
     assert st['step'] == rows[-1]['step'] and st['step'] > 10
     # it learns: the last logged loss is below the first
     assert rows[-1]['loss'] < rows[0]['loss'], (rows[0]['loss'], rows[-1]['loss'])
+
+def test_next_steps_are_the_last_lines(tmp_path, tiny):
+    "A run ends with its folder and the exact commands for it: evaluate, export, the dashboard notebook."
+    run = tmp_path / 'r'
+    r = cli('hjepa-train', 'configs/demo.yaml', *tiny, 'train.max_steps=2', '--out', run)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert lines[-5].startswith('done: 2 steps, loss ') and lines[-5].endswith(f'; run folder {run}') and lines[-4] == 'next:', lines
+    assert lines[-3].startswith(f'  hjepa-eval {run}/last.pt ') and lines[-2].startswith(f'  hjepa-export {run}/last.pt --out {run}/export ')
+    assert lines[-1].startswith('  jupyter lab nbs/11_live.ipynb') and f"watch_run('{run}')" in lines[-1], lines
+
+def test_quiet_is_quiet(tmp_path, tiny):
+    "--quiet: no data-loading lines, no notes, no progress bar: only the final summary line (and errors)."
+    from PIL import Image
+    for split, n in (('train', 8), ('test', 4)):
+        for c in ('a', 'b'):
+            (tmp_path / 'imgs' / split / c).mkdir(parents=True)
+            for i in range(n): Image.new('RGB', (32, 32), (40 * i, 200 if c == 'a' else 0, 90)).save(tmp_path / 'imgs' / split / c / f'{i}.png')
+    ov = [*tiny, 'data.dataset=folder', f'data.root={tmp_path}/imgs', 'data.batch_size=4', 'train.max_steps=2', 'log.progress=true']
+    loud = cli('hjepa-train', 'configs/demo.yaml', *ov, '--out', tmp_path / 'loud')
+    assert loud.returncode == 0 and 'images' in loud.stdout, (loud.stdout, loud.stderr[-2000:])    # what --quiet leaves out
+    r = cli('hjepa-train', 'configs/demo.yaml', *ov, '--out', tmp_path / 'q', '--quiet')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stderr == '' and len(r.stdout.strip().splitlines()) == 1 and r.stdout.startswith('done: 2 steps'), (r.stdout, r.stderr)
 
 @pytest.mark.skipif(not SHARED_CIFAR.exists(), reason='needs ../shared/data/cifar10 beside the checkout')
 def test_cifar10_folder_few_steps(tmp_path):

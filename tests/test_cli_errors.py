@@ -3,7 +3,7 @@ names what differs, options and overrides come in any order, and the OS's errors
 
 Most cases run the console scripts' functions in-process (argv parsed as the scripts parse it, stderr captured); a few
 run the installed scripts as a user would."""
-import json, shutil, sys
+import json, re, shutil, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
 from conftest import assert_one_line_error as _one_line_error
@@ -11,7 +11,7 @@ from conftest import ROOT, cli
 import hjepa_nb.evaluate as evaluate
 from hjepa_nb.callbacks import make_learner
 from hjepa_nb.checkpoint import load_checkpoint
-from hjepa_nb.cli import hjepa_eval, hjepa_train, train_main
+from hjepa_nb.cli import hjepa_eval, hjepa_export, hjepa_train, train_main
 from hjepa_nb.config import tiny_config
 
 DEMO = str(ROOT / 'configs' / 'demo.yaml')
@@ -117,13 +117,19 @@ def test_eval_checkpoint_whose_config_and_weights_disagree(tmp_path, ckpt, capsy
 # --- 3. usage: overrides are optional and may follow options; bad config input is one line -------------------------
 
 @pytest.mark.parametrize('f, prog, usage', [(hjepa_train, 'hjepa-train', 'config [key=value ...]'),
-                                            (hjepa_eval, 'hjepa-eval', 'checkpoint [key=value ...]')])
+                                            (hjepa_eval, 'hjepa-eval', 'checkpoint [key=value ...]'),
+                                            (hjepa_export, 'hjepa-export', 'checkpoint')])
 def test_help_shows_overrides_as_optional(monkeypatch, capsys, f, prog, usage):
+    "The usage line; every option with a one-line meaning; examples at the end."
     rc, out, err = _argv(monkeypatch, capsys, f, prog, '--help')
     assert rc == 0, err
     first = ' '.join(out.split('\n\n')[0].split())                        # the usage line(s), rewrapped
     assert first.startswith(f'usage: {prog} ') and first.endswith(usage), first
-    assert ('--out DIR' if prog == 'hjepa-train' else '--out FILE.json') in first, first
+    assert {'hjepa-train': '--out DIR', 'hjepa-eval': '--out FILE.json', 'hjepa-export': '--out DIR'}[prog] in first, first
+    opts = [l.strip() for l in out.split('options:')[1].split('examples:')[0].splitlines() if l.strip()]
+    assert len(opts) >= 3 and all(re.match(r'-\S+( [-A-Za-z.=]+)?\s{2,}\S', l) for l in opts), opts   # each with its meaning
+    examples = out.split('examples:\n')[1].splitlines()
+    assert len(examples) >= 2 and all(l.startswith(f'  {prog} ') or 'torchrun' in l or 'python' in l for l in examples), out
 
 def test_train_overrides_after_out(tmp_path, tiny):
     "The issue's command, as typed: overrides after `--out DIR` (and after a flag) reach the config."
@@ -164,3 +170,36 @@ def test_train_disk_full_keeps_last_checkpoint(tmp_path, tiny, monkeypatch, caps
     _one_line_error('hjepa-train', rc, err, 'No space left on device', run if named else f'(run folder {run})')
     assert (run / 'last.pt').read_bytes() == before
     assert not list(run.glob('.*.tmp'))
+
+# --- 5. a mistake is answered at once: the front reads and checks everything it can before torch is loaded --------------
+
+FRONT = """import sys, time
+t = time.perf_counter()
+sys.argv = ['hjepa-train', *sys.argv[1:]]
+from hjepa_nb.cli import hjepa_train
+try: hjepa_train()
+finally: print(sorted(m for m in ('torch', 'timm', 'numpy') if m in sys.modules), file=sys.stdout)
+"""
+
+@pytest.mark.parametrize('args, needles', [
+    (['configs/demo.yaml', 'optim.lr=abc'], ['optim.lr', 'abc']),
+    (['{tmp}/old.yaml'], ['eval.linear_epochs was removed', 'old.yaml']),
+    (['configs/demo.yaml', 'eval.linear_epochs=5'], ['eval.linear_epochs was removed', 'command line']),
+    (['configs/demo.yaml', '--out', '{tmp}/empty', '--resume'], ['holds no run to resume (no last.pt)']),
+    (['configs/demo.yaml', '--out', '{tmp}/done'], ['already holds a run (last.pt, metrics.jsonl)', '--overwrite']),
+])
+def test_bad_start_is_answered_before_torch_loads(tmp_path, args, needles):
+    "Each of these is refused by the front alone: one line, exit 2, and neither torch nor timm was imported."
+    (tmp_path / 'old.yaml').write_text('eval:\n  linear_epochs: 100\n')
+    (tmp_path / 'done').mkdir(); (tmp_path / 'done' / 'last.pt').write_bytes(b''); (tmp_path / 'done' / 'metrics.jsonl').write_text('')
+    r = subprocess.run([sys.executable, '-c', FRONT, *[a.format(tmp=tmp_path) for a in args]], capture_output=True, text=True, cwd=ROOT)
+    _one_line_error('hjepa-train', r.returncode, r.stderr, *needles)
+    assert r.stdout.strip() == '[]', r.stdout
+
+def test_bad_config_time_as_typed():
+    "The issue's command through the installed script; prints the seconds it took (best of 3; no bound: speed lives in bench/)."
+    times = []
+    for _ in range(3):
+        t = time.perf_counter(); r = cli('hjepa-train', 'configs/demo.yaml', 'optim.lr=abc'); times.append(time.perf_counter() - t)
+        _one_line_error('hjepa-train', r.returncode, r.stderr, 'optim.lr', 'abc')
+    print(f"\nhjepa-train configs/demo.yaml optim.lr=abc: {min(times):.2f} s (best of 3)")

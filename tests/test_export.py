@@ -115,3 +115,28 @@ def test_unknown_encoder_and_missing_out(run, tmp_path):
     _one_line_error(cli('hjepa-export', ckpt, '--out', tmp_path / 'o', '--encoder', 'student'), "got 'student'", 'target or context')
     _one_line_error(cli('hjepa-export', ckpt), '--out DIR is required')
     assert not (tmp_path / 'o').exists()
+
+def test_images_seen_from_the_checkpoint(run, tmp_path):
+    "The checkpoint itself says how many images the run had seen; an old one (without it) falls back to metrics.jsonl."
+    ckpt, *_ = run
+    st = torch.load(ckpt, weights_only=True)
+    assert st['images_seen'] == 4 * 32
+    alone = tmp_path / 'alone'; alone.mkdir()
+    torch.save(st, alone / 'last.pt')                                  # no metrics.jsonl beside it
+    assert cli('hjepa-export', alone / 'last.pt', '--out', tmp_path / 'a').returncode == 0
+    assert json.loads((tmp_path / 'a' / 'config.json').read_text())['hjepa']['images_seen'] == 4 * 32
+    old = {k: v for k, v in st.items() if k != 'images_seen'}
+    torch.save(old, ckpt.parent / 'old.pt')                            # an old checkpoint, beside its run's metrics.jsonl
+    assert cli('hjepa-export', ckpt.parent / 'old.pt', '--out', tmp_path / 'b').returncode == 0
+    assert json.loads((tmp_path / 'b' / 'config.json').read_text())['hjepa']['images_seen'] == 4 * 32
+
+def test_options_in_any_order_and_help(run, tmp_path):
+    "One CLI style: options before, between or after the checkpoint; --help lists every option and ends with examples."
+    ckpt, *_ = run
+    r = cli('hjepa-export', '--encoder', 'context', '--out', tmp_path / 'o', ckpt, '--overwrite')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / 'o' / 'config.json').read_text())['hjepa']['encoder'] == 'context'
+    h = cli('hjepa-export', '--help')
+    assert h.returncode == 0 and h.stdout.startswith('usage: hjepa-export '), h.stdout
+    for opt in ('--out DIR', '--encoder NAME', '--overwrite', 'checkpoint', 'examples:', '  hjepa-export runs/demo/last.pt --out'):
+        assert opt in h.stdout, (opt, h.stdout)

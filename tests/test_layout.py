@@ -30,6 +30,37 @@ def test_imports_run_forward():
            for m in mods for t, line, top in _imports(m) if t in rank and (rank[t] >= rank[m] or not top)]
     assert not bad, bad
 
+# The one import inside a function the package allows: the console scripts' front (`14_cli`) loads their heavy half,
+# `17_commands` (torch, timm), by name only after the arguments and the config have passed its checks, so that a
+# mistake is reported in well under a second. Importing it at the top would load torch first, which is the point.
+LATE_IMPORTS = {('cli', 'commands'): 'hjepa_nb.commands'}
+
+def _late_imports(mod: str):
+    "`(function, module name or None, line)` for each `importlib.import_module` / `__import__` call in `mod`."
+    tree = ast.parse((ROOT / 'hjepa_nb' / f'{mod}.py').read_text())
+    consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+              for t in n.targets if isinstance(t, ast.Name)}
+    for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+        for c in ast.walk(fn):
+            if not isinstance(c, ast.Call): continue
+            f = c.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, 'id', '')
+            if name not in ('import_module', '__import__'): continue
+            a = c.args[0] if c.args else None
+            target = a.value if isinstance(a, ast.Constant) else consts.get(a.id) if isinstance(a, ast.Name) else None
+            yield fn.name, target, c.lineno
+
+def test_only_the_named_late_import():
+    found = {(m, fn): target for m in _modules() for fn, target, _ in _late_imports(m)}
+    assert found == LATE_IMPORTS, found
+
+def test_front_and_config_load_no_torch():
+    "What a bad command line meets first imports neither torch nor timm (nor numpy)."
+    import subprocess, sys
+    code = "import sys, hjepa_nb.cli; print(sorted(m for m in ('torch', 'timm', 'numpy') if m in sys.modules))"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == '[]', (r.stdout, r.stderr[-2000:])
+
 def test_no_function_over_60_lines():
     long = [f"{p.name}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
             for p in sorted((ROOT / 'hjepa_nb').glob('*.py')) for n in ast.walk(ast.parse(p.read_text()))
