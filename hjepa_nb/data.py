@@ -416,6 +416,7 @@ class TrainAugment:
         self.size, self.scale, self.ratio, self.flip, self.jitter, self.tries = size, tuple(scale), tuple(ratio), flip, jitter, tries
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+        self._cj = None                                            # v2.ColorJitter, built at its first use
 
     def boxes(self, n: int, h: int, w: int) -> torch.Tensor:
         "`[n, 4]` crop boxes `(x0, y0, x1, y1)` in pixels of an `h` x `w` image, drawn from torch's global generator."
@@ -448,13 +449,16 @@ class TrainAugment:
         if torch.is_tensor(images): out = self._crop(images.float(), self.boxes(len(images), *images.shape[-2:]))
         else: out = torch.cat([self._crop(im[None].float(), self.boxes(1, *im.shape[-2:])) for im in images])
         if self.flip: out = torch.where((torch.rand(len(out)) < 0.5).view(-1, 1, 1, 1), out.flip(-1), out)
-        if self.jitter > 0: out = torch.stack([self._jitter(x / 255) * 255 for x in out])
+        if self.jitter > 0: out = torch.stack([self._jitter()(x / 255) * 255 for x in out])
         return (out - self.mean) / self.std
 
-    def _jitter(self, x: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms import v2
-        s = self.jitter
-        return v2.ColorJitter(brightness=s, contrast=s, saturation=s, hue=min(s / 4, 0.5))(x)
+    def _jitter(self):
+        "The colour jitter (one `v2.ColorJitter` for every image; it draws per call), built once."
+        if self._cj is None:
+            from torchvision.transforms import v2
+            s = self.jitter
+            self._cj = v2.ColorJitter(brightness=s, contrast=s, saturation=s, hue=min(s / 4, 0.5))
+        return self._cj
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         "One uint8 image `[3, H, W]` -> float `[3, S, S]`."

@@ -16,7 +16,7 @@ from .config import Config, from_dict, config_to_dict
 from .models import Encoder
 from .data import IMAGENET_MEAN, IMAGENET_STD
 from .checkpoint import load_checkpoint, read_metrics
-from .cli import ENCODERS, check_encoder, check_export_out   # the checks hjepa-export makes before loading torch
+from .cli import ENCODERS, check_checkpoint, check_encoder, check_export_out   # the checks hjepa-export makes before loading torch
 
 # %% auto #0
 __all__ = ['timm_args', 'to_timm', 'checkpoint_encoder', 'images_seen', 'checkpoint_images_seen', 'timm_config', 'export_encoder',
@@ -60,7 +60,7 @@ def checkpoint_encoder(path,                     # a checkpoint written by the k
                       ) -> tuple[Encoder, Config, dict]:
     "The kit's `encoder` of checkpoint `path` in eval mode, with the run's config and the checkpoint dict."
     check_encoder(encoder)
-    if Path(path).is_dir(): raise ValueError(f"{path} is a folder; expected a checkpoint file such as {Path(path)/'last.pt'}")
+    check_checkpoint(path)                       # a folder or a missing file, named (the same check hjepa-export makes first)
     st = load_checkpoint(path)
     if not isinstance(st.get('cfg'), dict):
         raise RuntimeError(f"checkpoint {path} has no 'cfg' (the run's config), so its encoder cannot be rebuilt")
